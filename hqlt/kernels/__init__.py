@@ -1,0 +1,1 @@
+"""hqlt.kernels"""
