@@ -1,1 +1,101 @@
-"""hqlt.kernels"""
+"""Compute ops behind one dispatch function each.
+
+Memory modules call only the functions below. Each picks its backend through
+`backend.resolve_backend` (explicit `backend=` argument, then `HQLT_BACKEND`, then automatic)
+and runs the PyTorch reference or the Triton kernel with the same contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from hqlt.kernels import reference
+from hqlt.kernels.backend import BACKENDS, resolve_backend
+
+
+def _triton_ops() -> dict[str, Callable]:
+    """Triton implementations, imported on first use so that CPU-only installs never load them."""
+    from hqlt.kernels import triton_ops
+
+    return triton_ops.OPS
+
+
+def _implementation(op: str, backend: str | None, like: Tensor) -> Callable:
+    chosen = resolve_backend(backend, like.device)
+    if chosen == "triton":
+        ops = _triton_ops()
+        if op in ops:
+            return ops[op]
+        if backend == "triton":
+            raise RuntimeError(f"op {op!r} has no Triton kernel; Triton ops: {', '.join(sorted(ops))}")
+    return getattr(reference, op)
+
+
+def delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    resets: Tensor,
+    state: Tensor,
+    *,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Delta-rule fast weights, read after write (DESIGN §3-4).
+
+    q, k: `[B, T, H, dk]` raw (phi = SiLU + L2 norm applied inside); v: `[B, T, H, dv]`;
+    beta: `[B, T, H]`; resets: bool `[B, T]`; state: `[B, H, dk, dv]` fp32.
+    Returns o `[B, T, H, dv]` (dtype of v) and the final state `[B, H, dk, dv]` fp32.
+    """
+    impl = _implementation("delta_rule", backend, q)
+    return impl(q, k, v, beta, resets, state, scale=scale, chunk_size=chunk_size)
+
+
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    resets: Tensor,
+    state: Tensor,
+    normalizer: Tensor,
+    *,
+    chunk_size: int = 64,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Linear attention (phi = ELU + 1) with a normaliser over time.
+
+    q, k: `[B, T, H, dk]` raw; v: `[B, T, H, dv]`; resets: bool `[B, T]`;
+    state: `[B, H, dk, dv]`; normalizer: `[B, H, dk]`.
+    Returns o `[B, T, H, dv]`, the final state and the final normalizer.
+    """
+    impl = _implementation("linear_attention", backend, q)
+    return impl(q, k, v, resets, state, normalizer, chunk_size=chunk_size)
+
+
+def window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    resets: Tensor,
+    cache_k: Tensor,
+    cache_v: Tensor,
+    cache_valid: Tensor,
+    *,
+    window: int,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """Sliding-window softmax attention with the same-episode mask and RoPE by relative distance.
+
+    q, k, v: `[B, T, H, d]`; resets: bool `[B, T]`; cache_k, cache_v: `[B, S, H, d]` previous keys
+    and values, oldest first; cache_valid: bool `[B, S]`. Returns o `[B, T, H, d]`.
+    """
+    impl = _implementation("window_attention", backend, q)
+    return impl(q, k, v, resets, cache_k, cache_v, cache_valid, window=window, scale=scale)
+
+
+__all__ = ["BACKENDS", "delta_rule", "linear_attention", "resolve_backend", "window_attention"]
