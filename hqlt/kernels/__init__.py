@@ -98,4 +98,42 @@ def window_attention(
     return impl(q, k, v, resets, cache_k, cache_v, cache_valid, window=window, scale=scale)
 
 
-__all__ = ["BACKENDS", "delta_rule", "linear_attention", "resolve_backend", "window_attention"]
+def synchronous_hqlt(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    gate: Tensor,
+    resets: Tensor,
+    fw_state: Tensor,
+    cache_k: Tensor,
+    cache_v: Tensor,
+    cache_valid: Tensor,
+    *,
+    window: int,
+    chunk_size: int = 64,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Synchronous HQLT: delta rule and sliding-window attention on the same (q, k, v), mixed as
+    o = gate * o_FW + (1 - gate) * o_KV.
+
+    q, k, v, gate: `[B, T, H, d]`; beta: `[B, T, H]`; resets: bool `[B, T]`; fw_state: `[B, H, d, d]`;
+    cache_k, cache_v: `[B, S, H, d]` oldest first; cache_valid: bool `[B, S]`.
+    Returns o `[B, T, H, d]` and the final FW state.
+    """
+    impl = _implementation("synchronous_hqlt", backend, q)
+    return impl(
+        q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid,
+        window=window, scale=scale, chunk_size=chunk_size,
+    )
+
+
+__all__ = [
+    "BACKENDS",
+    "delta_rule",
+    "linear_attention",
+    "resolve_backend",
+    "synchronous_hqlt",
+    "window_attention",
+]

@@ -278,6 +278,32 @@ def linear_attention(
     return linear_attention_chunkwise(q, k, v, resets, state, normalizer, chunk_size)
 
 
+def synchronous_hqlt(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    gate: Tensor,
+    resets: Tensor,
+    fw_state: Tensor,
+    cache_k: Tensor,
+    cache_v: Tensor,
+    cache_valid: Tensor,
+    window: int,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Synchronous HQLT core op: both memories read the same (q, k, v), mixed by a vector gate.
+
+    q, k, v, gate: `[B, T, H, d]` (gate in (0, 1)); beta: `[B, T, H]`; resets: bool `[B, T]`;
+    fw_state: `[B, H, d, d]`; cache_k, cache_v: `[B, S, H, d]` oldest first; cache_valid: bool `[B, S]`.
+    Returns o = gate * o_FW + (1 - gate) * o_KV `[B, T, H, d]` and the final FW state.
+    """
+    o_fw, fw_state = delta_rule(q, k, v, beta, resets, fw_state, scale, chunk_size)
+    o_kv = window_attention(q, k, v, resets, cache_k, cache_v, cache_valid, window, scale)
+    return gate * o_fw + (1 - gate) * o_kv, fw_state
+
+
 __all__ = [
     "attention_entropy",
     "delta_rule",
@@ -289,5 +315,6 @@ __all__ = [
     "linear_attention_recurrent",
     "linear_attention_feature_map",
     "rotary",
+    "synchronous_hqlt",
     "window_attention",
 ]
