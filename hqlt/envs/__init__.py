@@ -1,1 +1,39 @@
-"""hqlt.envs"""
+"""hqlt.envs: env factories, POMDP wrappers and memory tasks (importing it registers the hqlt/ ids).
+
+    env = hqlt.envs.make(env_id, **kwargs)                               # one env
+    venv = hqlt.envs.make_vector(env_id, num_envs, seed, asynchronous=False, **kwargs)  # SAME_STEP autoreset
+    spec = hqlt.envs.describe_space(venv.single_observation_space)      # kind discrete/box/image/grid
+"""
+
+from hqlt.envs.registry import ENV_IDS, FAMILIES, make, make_vector
+from hqlt.envs.spaces import KINDS, SpaceSpec, describe_space
+from hqlt.envs.wrappers import (
+    ContractObservation,
+    EpisodeStats,
+    Flicker,
+    LiftEpisodeStats,
+    MaskObservation,
+    MiniGridView,
+    ObservationNoise,
+    PreviousAction,
+    PreviousActionReward,
+)
+
+__all__ = [
+    "ENV_IDS",
+    "FAMILIES",
+    "KINDS",
+    "ContractObservation",
+    "EpisodeStats",
+    "Flicker",
+    "LiftEpisodeStats",
+    "MaskObservation",
+    "MiniGridView",
+    "ObservationNoise",
+    "PreviousAction",
+    "PreviousActionReward",
+    "SpaceSpec",
+    "describe_space",
+    "make",
+    "make_vector",
+]

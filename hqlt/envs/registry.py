@@ -1,0 +1,184 @@
+"""Env families, our gymnasium registrations, and the two factories `make` and `make_vector`.
+
+Every env reachable through `make` is listed in ENV_IDS; its observations are of a contract kind
+(see hqlt.envs.spaces) and its episode statistics are in info["episode"] at episode end.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the MiniGrid ids)
+import numpy as np
+import popgym  # noqa: F401  (registers the popgym-<Name><Level>-v0 ids)
+from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
+from gymnasium.envs.registration import load_env_creator
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+
+from hqlt.envs.spaces import describe_space, to_contract_space
+from hqlt.envs.wrappers import (
+    ContractObservation,
+    EpisodeStats,
+    Flicker,
+    LiftEpisodeStats,
+    MaskObservation,
+    MiniGridView,
+    ObservationNoise,
+    PreviousAction,
+    PreviousActionReward,
+)
+
+
+def cartpole_position_only(**kwargs: Any) -> gym.Env:
+    """CartPole observing only cart position and pole angle (velocities dropped)."""
+    return MaskObservation(CartPoleEnv(**kwargs), [0, 2])
+
+
+def pendulum_position_only(**kwargs: Any) -> gym.Env:
+    """Pendulum observing only cos/sin of the angle (angular velocity dropped)."""
+    return MaskObservation(PendulumEnv(**kwargs), [0, 1])
+
+
+_HQLT_TASKS: dict[str, dict[str, Any]] = {
+    "hqlt/TMazePassive-v0": dict(entry_point="hqlt.envs.tmaze:TMaze", kwargs={"active": False}),
+    "hqlt/TMazeActive-v0": dict(entry_point="hqlt.envs.tmaze:TMaze", kwargs={"active": True}),
+    "hqlt/CartPolePositionOnly-v0": dict(entry_point=cartpole_position_only, max_episode_steps=500),
+    "hqlt/PendulumPositionOnly-v0": dict(entry_point=pendulum_position_only, max_episode_steps=200),
+}
+for _env_id, _registration in _HQLT_TASKS.items():
+    if _env_id not in gym.registry:
+        gym.register(_env_id, **_registration)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A group of env ids handled alike by `make`."""
+
+    name: str
+    ids: tuple[str, ...]
+    defines_success: bool  # the env reports info["success"]; else episode success is nan
+    adapter: Callable[[gym.Env], gym.Env] | None = None  # applied right after gym.make
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("hqlt", ("hqlt/TMazePassive-v0", "hqlt/TMazeActive-v0"), defines_success=True),
+    Family("hqlt-pomdp", ("hqlt/CartPolePositionOnly-v0", "hqlt/PendulumPositionOnly-v0"), defines_success=False),
+    Family("popgym", tuple(k for k in gym.registry if k.startswith("popgym-")), defines_success=False),
+    Family(
+        "minigrid",
+        tuple(f"MiniGrid-Memory{size}-v0" for size in ("S7", "S9", "S11", "S13", "S13Random", "S17Random")),
+        defines_success=True,
+        adapter=MiniGridView,
+    ),
+    Family("classic", ("CartPole-v1", "Pendulum-v1"), defines_success=False),
+)
+ENV_IDS: tuple[str, ...] = tuple(env_id for family in FAMILIES for env_id in family.ids)
+_FAMILY_OF: dict[str, Family] = {env_id: family for family in FAMILIES for env_id in family.ids}
+
+
+def _family(env_id: str) -> Family:
+    if env_id in _FAMILY_OF:
+        return _FAMILY_OF[env_id]
+    close = difflib.get_close_matches(str(env_id), ENV_IDS, n=3)
+    listing = "\n".join(
+        f"  {family.name} ({len(family.ids)} ids), e.g. {', '.join(family.ids[:3])}" for family in FAMILIES
+    )
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown env id {env_id!r}.{hint} Known families:\n{listing}\nAll ids: hqlt.envs.ENV_IDS")
+
+
+def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """Rejects keyword arguments the env's constructor does not take, naming the ones it does."""
+    entry_point = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    parameters = inspect.signature(creator).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(env_kwargs) - set(parameters))
+    if unknown:
+        raise ValueError(
+            f"{env_id} does not take parameter(s) {unknown}; its parameters are {sorted(parameters) or 'none'}"
+        )
+
+
+def make(
+    env_id: str,
+    *,
+    previous_action: bool = False,
+    previous_action_reward: bool = False,
+    flicker: float = 0.0,
+    observation_noise: float = 0.0,
+    max_episode_steps: int | None = None,
+    **env_kwargs: Any,
+) -> gym.Env:
+    """Makes one env of ENV_IDS with contract observations and EpisodeStats applied.
+
+    previous_action:        POPGym's convention, the previous action appended to the observation.
+    previous_action_reward: one-hot previous action and previous reward appended (PreviousActionReward).
+    flicker:                probability of blanking each observation (Flicker); 0 disables.
+    observation_noise:      std of Gaussian observation noise (ObservationNoise); 0 disables.
+    max_episode_steps:      time limit (truncation) replacing the registered one.
+    env_kwargs:             passed to the env's constructor (e.g. corridor_length=100 for the T-Maze).
+    """
+    family = _family(env_id)
+    _check_env_kwargs(env_id, env_kwargs)
+    if max_episode_steps is not None and not (isinstance(max_episode_steps, (int, np.integer)) and max_episode_steps >= 1):
+        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **env_kwargs)
+    if family.adapter is not None:
+        env = family.adapter(env)
+    if previous_action:
+        if describe_space(to_contract_space(env.observation_space)[0]).kind in ("image", "grid"):
+            raise ValueError(
+                f"previous_action appends to vector observations; {env_id} observes images/grids, so "
+                "feed the previous action to the policy instead"
+            )
+        env = PreviousAction(env)
+    env = ContractObservation(env)
+    if observation_noise != 0.0:
+        env = ObservationNoise(env, observation_noise)
+    if flicker != 0.0:
+        env = Flicker(env, flicker)
+    if previous_action_reward:
+        env = PreviousActionReward(env)
+    return EpisodeStats(env, success_default=0.0 if family.defines_success else float("nan"))
+
+
+def _make_seeded(env_id: str, seed: int | None, kwargs: dict[str, Any]) -> gym.Env:
+    env = make(env_id, **kwargs)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def make_vector(
+    env_id: str,
+    num_envs: int,
+    seed: int | None,
+    asynchronous: bool = False,
+    **kwargs: Any,
+) -> VectorEnv:
+    """Makes `num_envs` copies of `make(env_id, **kwargs)` as a SAME_STEP-autoreset vector env.
+
+    Env i is seeded with seed + i at construction, so a following reset() with or without the seed
+    repeats the same episodes; the batched action space is seeded too. When an episode ends the
+    returned obs is the next episode's first obs and the finished episode's last obs is in
+    info["final_obs"] (mask info["_final_obs"]), so resets[t] = terminated[t-1] | truncated[t-1].
+    Episode statistics: info["episode"] = {"return", "length", "success"} arrays [N], mask info["_episode"].
+    asynchronous: one subprocess per env (gymnasium AsyncVectorEnv) instead of stepping in turn.
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    _family(env_id)
+    env_fns = [partial(_make_seeded, env_id, None if seed is None else seed + i, kwargs) for i in range(num_envs)]
+    vector_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv
+    venv = LiftEpisodeStats(vector_cls(env_fns, autoreset_mode=AutoresetMode.SAME_STEP))
+    if seed is not None:
+        venv.action_space.seed(seed)
+    return venv
