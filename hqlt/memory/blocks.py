@@ -1,0 +1,31 @@
+"""Building blocks shared by the transformer-style cores (DESIGN §3, Block): no biases anywhere."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORM_EPS = 1e-6
+FEED_FORWARD_EXPANSION = 4
+
+
+def rms_norm(dim: int) -> nn.RMSNorm:
+    """RMSNorm over the last dim with a learned scale and no bias."""
+    return nn.RMSNorm(dim, eps=NORM_EPS)
+
+
+class FeedForwardBlock(nn.Module):
+    """Pre-norm residual SwiGLU: h + dropout(W_down(SiLU(W_gate n) * W_up n)) with n = RMSNorm(h)."""
+
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = FEED_FORWARD_EXPANSION * dim
+        self.norm = rms_norm(dim)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h: `[B, T, dim]` -> `[B, T, dim]`."""
+        gate, up = self.gate_up(self.norm(h)).chunk(2, dim=-1)
+        return h + self.dropout(self.down(F.silu(gate) * up))

@@ -1,0 +1,116 @@
+"""The memory-core contract (DESIGN §2): the base class every core extends.
+
+A core maps `x [B, T, input_dim]` and a state to `y [B, T, hidden_dim]` and the next state, with
+`resets [B, T]` marking episode starts. T == 1 is step mode, T > 1 sequence mode; both give the
+same results. The state is a flat dict of batch-first tensors, so that a learner can index, store,
+detach and `torch.save` it without knowing the core.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+State = dict[str, Tensor]
+
+
+class MemoryCore(nn.Module, ABC):
+    """Base class: input checks, `reset_state` and the diagnostics switch.
+
+    Subclasses implement `initial_state` and `_forward`. While `record_diagnostics` is True, every
+    forward also fills `last_diagnostics` (plain floats, computed without gradients); otherwise the
+    forward pays nothing for them.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim
+        self.record_diagnostics = False
+        self.last_diagnostics: dict[str, float] = {}
+        self._state_shapes: dict[str, tuple[int, ...]] | None = None
+
+    @abstractmethod
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> State:
+        """The state of `batch_size` fresh episodes: dict of tensors `[batch_size, ...]`."""
+
+    @abstractmethod
+    def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
+        """`forward` after the input checks; fills `diagnostics` when it is a dict."""
+
+    def forward(self, x: Tensor, state: Mapping[str, Tensor], resets: Tensor) -> tuple[Tensor, State]:
+        """x: float `[B, T, input_dim]`; state: from `initial_state` or a previous call; resets: bool `[B, T]`.
+
+        Returns y `[B, T, hidden_dim]` and the state after step T-1.
+        """
+        self._check_inputs(x, state, resets)
+        if not self.record_diagnostics:
+            return self._forward(x, dict(state), resets, None)
+        diagnostics: dict[str, Tensor] = {}
+        y, new_state = self._forward(x, dict(state), resets, diagnostics)
+        self.last_diagnostics = {name: float(value) for name, value in diagnostics.items()}
+        return y, new_state
+
+    def reset_state(self, state: Mapping[str, Tensor], done: Tensor) -> State:
+        """Set the rows where `done` (bool `[B]`) is true to a fresh episode's state; other rows are kept."""
+        batch_size = self._check_state(state)
+        if not isinstance(done, Tensor) or done.dtype != torch.bool or tuple(done.shape) != (batch_size,):
+            raise ValueError(f"done must be a bool tensor of shape [{batch_size}] (the state's batch size), got {_describe(done)}")
+        fresh = self.initial_state(batch_size, device=done.device)
+        reset = {}
+        for name, value in state.items():
+            rows = done.to(value.device).view(-1, *([1] * (value.dim() - 1)))
+            reset[name] = torch.where(rows, fresh[name].to(value.device, value.dtype), value)
+        return reset
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_inputs(self, x: Tensor, state: Mapping[str, Tensor], resets: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor [B, T, {self.input_dim}], got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.input_dim or x.shape[1] == 0:
+            raise ValueError(f"x must have shape [B, T, input_dim={self.input_dim}] with T >= 1, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if not isinstance(resets, Tensor) or resets.dtype != torch.bool or resets.shape != x.shape[:2]:
+            raise ValueError(f"resets must be a bool tensor of shape [B, T] = {list(x.shape[:2])}, got {_describe(resets)}")
+        batch_size = self._check_state(state)
+        if batch_size != x.shape[0]:
+            raise ValueError(f"the state holds {batch_size} rows but x has batch size {x.shape[0]}")
+
+    def _check_state(self, state: Mapping[str, Tensor]) -> int:
+        """Check that `state` belongs to this core; returns its batch size."""
+        if self._state_shapes is None:
+            self._state_shapes = {name: tuple(value.shape[1:]) for name, value in self.initial_state(1, device="meta").items()}
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict of tensors from initial_state, got {type(state).__name__}")
+        missing = sorted(self._state_shapes.keys() - state.keys())
+        extra = sorted(state.keys() - self._state_shapes.keys())
+        if missing or extra:
+            raise ValueError(
+                f"state does not belong to this {type(self).__name__}: missing keys {missing}, unexpected keys {extra}; "
+                f"expected keys {sorted(self._state_shapes)}"
+            )
+        batch_sizes = {value.shape[0] if value.dim() else None for value in state.values()}
+        if len(batch_sizes) != 1 or None in batch_sizes:
+            raise ValueError(f"state tensors must share one batch size (dim 0), got {_shapes(state)}")
+        batch_size = batch_sizes.pop()
+        for name, shape in self._state_shapes.items():
+            if tuple(state[name].shape[1:]) != shape:
+                raise ValueError(f"state[{name!r}] must have shape [B, {', '.join(map(str, shape))}], got {list(state[name].shape)}")
+        return batch_size
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} tensor of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+def _shapes(state: Mapping[str, Tensor]) -> str:
+    return ", ".join(f"{name}: {list(value.shape)}" for name, value in state.items())
