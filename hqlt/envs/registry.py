@@ -47,6 +47,7 @@ def pendulum_position_only(**kwargs: Any) -> gym.Env:
 _HQLT_TASKS: dict[str, dict[str, Any]] = {
     "hqlt/TMazePassive-v0": dict(entry_point="hqlt.envs.tmaze:TMaze", kwargs={"active": False}),
     "hqlt/TMazeActive-v0": dict(entry_point="hqlt.envs.tmaze:TMaze", kwargs={"active": True}),
+    "hqlt/PassiveVisualMatch-v0": dict(entry_point="hqlt.envs.visual_match:PassiveVisualMatch"),
     "hqlt/CartPolePositionOnly-v0": dict(entry_point=cartpole_position_only, max_episode_steps=500),
     "hqlt/PendulumPositionOnly-v0": dict(entry_point=pendulum_position_only, max_episode_steps=200),
 }
@@ -66,7 +67,7 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("hqlt", ("hqlt/TMazePassive-v0", "hqlt/TMazeActive-v0"), defines_success=True),
+    Family("hqlt", ("hqlt/TMazePassive-v0", "hqlt/TMazeActive-v0", "hqlt/PassiveVisualMatch-v0"), defines_success=True),
     Family("hqlt-pomdp", ("hqlt/CartPolePositionOnly-v0", "hqlt/PendulumPositionOnly-v0"), defines_success=False),
     Family("popgym", tuple(k for k in gym.registry if k.startswith("popgym-")), defines_success=False),
     Family(
