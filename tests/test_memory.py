@@ -15,10 +15,28 @@ from hqlt.memory import CORE_NAMES, build_core, core_options
 
 INPUT_DIM, HIDDEN_DIM, BATCH, STEPS = 5, 8, 4, 17
 
+ATTENTION = dict(num_layers=2, num_heads=2, window=3, chunk_size=4)
+BLENDS = ("synchronous", "delayed_stream", "delayed_chunk")
+MIXERS = ("sum", "scalar", "dynamic_scalar", "dynamic_vector")
+FW_MEMORIES = ("deltanet", "linear_attention")
 CONFIGS: dict[str, tuple[str, dict]] = {
     "lstm": ("lstm", dict(num_layers=2)),
     "gru": ("gru", dict(num_layers=2)),
     "mlp": ("mlp", dict(num_layers=2)),
+    "transformer": ("transformer", ATTENTION),
+    "transformer-full-context": ("transformer", {**ATTENTION, "window": None, "max_context": 6}),
+    "linear_attention": ("linear_attention", ATTENTION),
+    "deltanet": ("deltanet", ATTENTION),
+    "deltanet-positive-beta": ("deltanet", {**ATTENTION, "allow_neg_eigval": False}),
+    **{
+        f"hqlt-{blend}-{mixer}-{fw_memory}": ("hqlt", {**ATTENTION, "blend": blend, "mixer": mixer, "fw_memory": fw_memory})
+        for blend in BLENDS
+        for mixer in MIXERS
+        for fw_memory in FW_MEMORIES
+    },
+    "hqlt-delayed_chunk-window1": ("hqlt", {**ATTENTION, "blend": "delayed_chunk", "window": 1}),
+    "hqlt-delayed_chunk-window5": ("hqlt", {**ATTENTION, "blend": "delayed_chunk", "window": 5}),
+    "hqlt-delayed_stream-window5": ("hqlt", {**ATTENTION, "blend": "delayed_stream", "window": 5}),
 }
 
 
@@ -169,7 +187,7 @@ def test_unknown_core_lists_valid_names():
 
 
 def test_unknown_option_lists_the_core_options():
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['heads'\] for core 'gru'; its options: num_layers"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['heads'\] for core 'gru'; its options: num_layers$"):
         build_core("gru", input_dim=3, hidden_dim=4, heads=2)
 
 
