@@ -13,7 +13,8 @@ SMALL_KWARGS = {"hqlt/PassiveVisualMatch-v0": {"distractor_steps": 20}}
 
 def _rollout(env_id: str, seed: int, steps: int = 200, asynchronous: bool = False, **kwargs):
     """Random-action rollout of 4 envs; returns stacked obs, rewards and done flags [steps, 4, ...]."""
-    venv = hqlt.envs.make_vector(env_id, 4, seed=seed, asynchronous=asynchronous, **SMALL_KWARGS.get(env_id, {}), **kwargs)
+    kwargs = {**SMALL_KWARGS.get(env_id, {}), **kwargs}
+    venv = hqlt.envs.make_vector(env_id, 4, seed=seed, asynchronous=asynchronous, **kwargs)
     obs_space = venv.single_observation_space
     obs, _ = venv.reset()
     trace = {"obs": [obs], "reward": [], "done": []}
@@ -131,6 +132,24 @@ def test_popgym_previous_action_convention():
         hqlt.envs.make("MiniGrid-MemoryS7-v0", previous_action=True)
 
 
+@pytest.mark.parametrize("option", ["previous_action", "previous_action_reward"])
+def test_previous_action_options_on_every_vector_env(option):
+    """Both previous-action inputs work on every env with vector observations, spaces stay honest."""
+    for env_id in hqlt.envs.ENV_IDS:
+        kind = describe_space(hqlt.envs.make(env_id, **SMALL_KWARGS.get(env_id, {})).observation_space).kind
+        if kind not in ("discrete", "box"):
+            continue
+        env = hqlt.envs.make(env_id, **{option: True})
+        assert describe_space(env.observation_space).kind in ("discrete", "box")
+        obs, _ = env.reset(seed=0)
+        env.action_space.seed(0)
+        for _ in range(5):
+            assert env.observation_space.contains(obs), (env_id, obs)
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                obs, _ = env.reset()
+
+
 def test_mask_observation_keeps_indices():
     full = gym.make("CartPole-v1")
     masked = hqlt.envs.make("hqlt/CartPolePositionOnly-v0")
@@ -207,12 +226,20 @@ def test_unknown_env_id_lists_families():
         ({"observation_noise": -1.0}, "sigma must be >= 0"),
         ({"max_episode_steps": 0}, "max_episode_steps must be an integer >= 1"),
         ({"corridor_length": -1}, "corridor_length must be an integer >= 1"),
+        ({"penalty": -0.1}, "penalty is a cost and must be >= 0"),
         ({"corridor_lenght": 5}, r"does not take parameter\(s\) \['corridor_lenght'\]; its parameters are"),
     ],
 )
 def test_invalid_parameters_fail_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         hqlt.envs.make("hqlt/TMazePassive-v0", **kwargs)
+
+
+def test_wrappers_reject_observations_they_cannot_handle():
+    with pytest.raises(ValueError, match="Flicker needs a Box observation space"):
+        hqlt.envs.make("popgym-RepeatFirstEasy-v0", flicker=0.1)
+    with pytest.raises(ValueError, match="PreviousActionReward appends to vector observations"):
+        hqlt.envs.make("hqlt/PassiveVisualMatch-v0", previous_action_reward=True)
 
 
 def test_make_vector_rejects_bad_num_envs():

@@ -20,6 +20,7 @@ from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
+from hqlt.envs.checks import require_int
 from hqlt.envs.spaces import describe_space, to_contract_space
 from hqlt.envs.wrappers import (
     ContractObservation,
@@ -128,8 +129,8 @@ def make(
     """
     family = _family(env_id)
     _check_env_kwargs(env_id, env_kwargs)
-    if max_episode_steps is not None and not (isinstance(max_episode_steps, (int, np.integer)) and max_episode_steps >= 1):
-        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {max_episode_steps!r}")
+    if max_episode_steps is not None:
+        require_int("max_episode_steps", max_episode_steps, 1)
     env = gym.make(env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **env_kwargs)
     if family.adapter is not None:
         env = family.adapter(env)
@@ -174,8 +175,7 @@ def make_vector(
     Episode statistics: info["episode"] = {"return", "length", "success"} arrays [N], mask info["_episode"].
     asynchronous: one subprocess per env (gymnasium AsyncVectorEnv) instead of stepping in turn.
     """
-    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    require_int("num_envs", num_envs, 1)
     _family(env_id)
     env_fns = [partial(_make_seeded, env_id, None if seed is None else seed + i, kwargs) for i in range(num_envs)]
     vector_cls = AsyncVectorEnv if asynchronous else SyncVectorEnv

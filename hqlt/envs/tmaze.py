@@ -27,6 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from hqlt.envs.checks import require_int
+
 RIGHT, UP, LEFT, DOWN = 0, 1, 2, 3
 
 
@@ -42,12 +44,10 @@ class TMaze(gym.Env):
         goal_reward: float = 1.0,
         penalty: float | None = None,
     ) -> None:
-        if isinstance(corridor_length, bool) or not isinstance(corridor_length, (int, np.integer)) or corridor_length < 1:
-            raise ValueError(f"T-Maze corridor_length must be an integer >= 1, got {corridor_length!r}")
-        penalty = 1.0 / corridor_length if penalty is None else float(penalty)
+        self.corridor_length = require_int("T-Maze corridor_length", corridor_length, 1)
+        penalty = 1.0 / self.corridor_length if penalty is None else float(penalty)
         if penalty < 0:
             raise ValueError(f"T-Maze penalty is a cost and must be >= 0, got {penalty}")
-        self.corridor_length = int(corridor_length)
         self.active = bool(active)
         self.goal_reward = float(goal_reward)
         self.penalty = penalty

@@ -30,6 +30,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from hqlt.envs.checks import require_int
+
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 _MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
 
@@ -103,13 +105,10 @@ class PassiveVisualMatch(gym.Env):
         apple_reward: float = 1.0,
         apple_respawn_steps: int = 20,
     ) -> None:
-        for name, value, minimum in (("distractor_steps", distractor_steps, 0), ("apple_respawn_steps", apple_respawn_steps, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"PassiveVisualMatch {name} must be an integer >= {minimum}, got {value!r}")
-        self.distractor_steps = int(distractor_steps)
+        self.distractor_steps = require_int("PassiveVisualMatch distractor_steps", distractor_steps, 0)
         self.final_reward = float(final_reward)
         self.apple_reward = float(apple_reward)
-        self.apple_respawn_steps = int(apple_respawn_steps)
+        self.apple_respawn_steps = require_int("PassiveVisualMatch apple_respawn_steps", apple_respawn_steps, 1)
         self.phase_steps = (EXPLORE_STEPS, self.distractor_steps, REWARD_STEPS)
         self.observation_space = spaces.Box(0, 255, shape=(VIEW, VIEW, 3), dtype=np.uint8)
         self.action_space = spaces.Discrete(4)

@@ -13,13 +13,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from hqlt.envs.checks import require_probability
 from hqlt.envs.spaces import describe_space, to_contract_space
-
-
-def _check_probability(name: str, p: float) -> float:
-    if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name} is a probability and must be in [0, 1], got {p}")
-    return float(p)
 
 
 class _SeededObservationWrapper(gym.ObservationWrapper):
@@ -68,7 +63,8 @@ class MiniGridView(gym.Wrapper):
 
         height, width, _ = env.observation_space["image"].shape
         counts = np.array([len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX)], dtype=np.int64)
-        self.observation_space = spaces.MultiDiscrete(np.broadcast_to(counts, (height, width, 3)).copy(), dtype=np.uint8)
+        nvec = np.broadcast_to(counts, (height, width, 3)).copy()
+        self.observation_space = spaces.MultiDiscrete(nvec, dtype=np.uint8)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -126,7 +122,9 @@ class MaskObservation(gym.ObservationWrapper):
         self.indices = np.asarray(indices, dtype=np.int64)
         size = box.shape[0]
         if self.indices.ndim != 1 or len(self.indices) == 0 or ((self.indices < 0) | (self.indices >= size)).any():
-            raise ValueError(f"MaskObservation indices must be a non-empty list within range({size}), got {list(indices)}")
+            raise ValueError(
+                f"MaskObservation indices must be a non-empty list within range({size}), got {list(indices)}"
+            )
         self.observation_space = spaces.Box(box.low[self.indices], box.high[self.indices], dtype=box.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
@@ -140,7 +138,7 @@ class Flicker(_SeededObservationWrapper):
 
     def __init__(self, env: gym.Env, p: float) -> None:
         super().__init__(env)
-        self.p = _check_probability("Flicker p", p)
+        self.p = require_probability("Flicker p", p)
         box = _require_box("Flicker", env.observation_space)
         # zeros must be a valid observation
         self.observation_space = spaces.Box(np.minimum(box.low, 0), np.maximum(box.high, 0), dtype=box.dtype)
