@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid ids)
-import numpy as np
 import popgym  # noqa: F401  (registers the popgym-<Name><Level>-v0 ids)
 from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
 from gymnasium.envs.registration import load_env_creator
