@@ -1,0 +1,16 @@
+"""Triton implementations of the dispatch ops; `hqlt.kernels` reads `OPS` (op name -> callable with
+exactly the reference op's signature)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hqlt.kernels.triton_delta_rule import delta_rule
+from hqlt.kernels.triton_synchronous_hqlt import synchronous_hqlt
+from hqlt.kernels.triton_window_attention import window_attention
+
+OPS: dict[str, Callable] = {
+    "delta_rule": delta_rule,
+    "synchronous_hqlt": synchronous_hqlt,
+    "window_attention": window_attention,
+}

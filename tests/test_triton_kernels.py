@@ -1,0 +1,168 @@
+"""Triton kernels against the PyTorch reference ops: outputs, final states and every gradient
+(initial state and window cache included), fp32 and bf16, with resets at t=0, mid-chunk,
+consecutive and at chunk starts.
+
+Without a GPU the kernels run on the CPU through the Triton interpreter at small shapes; with one,
+the same tests run at realistic shapes.
+"""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    # Must be set before the kernel modules are imported: `triton.jit` reads it at decoration time.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from hqlt import kernels  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+# (batch, steps, heads, head dim) per device: the interpreter runs every program serially in numpy.
+SHAPE = (8, 300, 4, 64) if CUDA else (2, 37, 2, 16)
+
+
+def _resets(batch: int, steps: int, chunk_size: int, generator: torch.Generator) -> torch.Tensor:
+    resets = torch.rand(batch, steps, generator=generator) < 0.08
+    resets[0, 0] = True  # at t=0
+    resets[-1, min(5, steps - 1)] = True  # mid-chunk
+    resets[-1, steps // 2: steps // 2 + 2] = True  # consecutive
+    resets[0, chunk_size:: chunk_size] = True  # at chunk starts
+    if batch > 2:
+        resets[1] = False  # no reset at all
+    return resets.to(DEVICE)
+
+
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator).to(DEVICE)
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def _compare(run, inputs: dict[str, torch.Tensor], dtype: torch.dtype, grad_dtype_inputs: set[str]) -> None:
+    """Run `run(backend, **inputs)` on both backends with random output gradients and compare
+    every output and every input gradient. Inputs named in `grad_dtype_inputs` take `dtype`; the
+    reference gets everything upcast to fp64."""
+    ours = {
+        name: (t.to(dtype) if name in grad_dtype_inputs else t).detach().requires_grad_(t.is_floating_point())
+        for name, t in inputs.items()
+    }
+    oracle = {name: t.detach().double().requires_grad_() if t.is_floating_point() else t for name, t in ours.items()}
+    out_ours = run("triton", **ours)
+    out_oracle = run("reference", **oracle)
+    g = torch.Generator().manual_seed(123)
+    upstream = [torch.randn(o.shape, generator=g).to(DEVICE) for o in out_oracle]
+    sum(((o.float() * u).sum() for o, u in zip(out_ours, upstream))).backward()
+    sum(((o * u.double()).sum() for o, u in zip(out_oracle, upstream))).backward()
+    tolerance = TOLERANCE[dtype]
+    errors = {f"out{i}": _relative_error(a, b) for i, (a, b) in enumerate(zip(out_ours, out_oracle))}
+    for name, t in ours.items():
+        if t.requires_grad:
+            assert t.grad is not None and t.grad.dtype == t.dtype, f"gradient of {name}"
+            errors[f"d{name}"] = _relative_error(t.grad, oracle[name].grad)
+    bad = {name: err for name, err in errors.items() if not err < tolerance}
+    assert not bad, f"relative errors above {tolerance}: {bad} (all: {errors})"
+
+
+def _delta_run(backend, q, k, v, beta, resets, state, chunk_size=64):
+    return kernels.delta_rule(q, k, v, beta, resets, state, chunk_size=chunk_size, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+@pytest.mark.parametrize("dims", [(SHAPE[3], SHAPE[3]), (SHAPE[3] // 2 + 8, SHAPE[3] + 8)])
+def test_delta_rule(dtype, chunk_size, dims):
+    batch, steps, heads, _ = SHAPE
+    dk, dv = dims
+    g = torch.Generator().manual_seed(chunk_size + dk)
+    inputs = dict(
+        q=_randn(g, batch, steps, heads, dk), k=_randn(g, batch, steps, heads, dk),
+        v=_randn(g, batch, steps, heads, dv), beta=2 * torch.rand(batch, steps, heads, generator=g).to(DEVICE),
+        resets=_resets(batch, steps, chunk_size, g), state=_randn(g, batch, heads, dk, dv),
+    )
+    _compare(lambda backend, **x: _delta_run(backend, chunk_size=chunk_size, **x), inputs, dtype,
+             {"q", "k", "v", "beta"})
+
+
+def test_delta_rule_single_step_and_head_dim_128():
+    """T=1 (the reference switches to its recurrence) and the largest head dim."""
+    g = torch.Generator().manual_seed(5)
+    for steps, dim in [(1, SHAPE[3]), (SHAPE[1] // 4, 128)]:
+        inputs = dict(
+            q=_randn(g, 2, steps, 2, dim), k=_randn(g, 2, steps, 2, dim), v=_randn(g, 2, steps, 2, dim),
+            beta=torch.rand(2, steps, 2, generator=g).to(DEVICE), resets=_resets(2, steps, 16, g),
+            state=_randn(g, 2, 2, dim, dim),
+        )
+        _compare(_delta_run, inputs, torch.float32, {"q", "k", "v", "beta"})
+
+
+def _window_inputs(g, batch, steps, heads, dim, cached):
+    return dict(
+        q=_randn(g, batch, steps, heads, dim), k=_randn(g, batch, steps, heads, dim),
+        v=_randn(g, batch, steps, heads, dim), resets=_resets(batch, steps, 16, g),
+        cache_k=_randn(g, batch, cached, heads, dim), cache_v=_randn(g, batch, cached, heads, dim),
+        cache_valid=(torch.rand(batch, cached, generator=g) < 0.8).to(DEVICE),
+    )
+
+
+WINDOW_CASES = [  # (cached steps S, window)
+    (SHAPE[3], SHAPE[3]),
+    (0, 5),
+    (3, 9),
+    (SHAPE[1] // 2, SHAPE[1] // 2 + 3),  # a window wider than one key block
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cached,window", WINDOW_CASES)
+def test_window_attention(dtype, cached, window):
+    batch, steps, heads, dim = SHAPE
+    g = torch.Generator().manual_seed(cached + window)
+    inputs = _window_inputs(g, batch, steps, heads, dim, cached)
+
+    def run(backend, q, k, v, resets, cache_k, cache_v, cache_valid):
+        o = kernels.window_attention(q, k, v, resets, cache_k, cache_v, cache_valid, window=window, backend=backend)
+        return (o,)
+
+    _compare(run, inputs, dtype, {"q", "k", "v", "cache_k", "cache_v"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size,cached,window", [(16, SHAPE[3], SHAPE[3]), (32, 3, 9), (64, 20, 70)])
+def test_synchronous_hqlt(dtype, chunk_size, cached, window):
+    batch, steps, heads, dim = SHAPE
+    g = torch.Generator().manual_seed(chunk_size + window)
+    inputs = _window_inputs(g, batch, steps, heads, dim, cached)
+    inputs.update(
+        beta=2 * torch.rand(batch, steps, heads, generator=g).to(DEVICE),
+        gate=torch.rand(batch, steps, heads, dim, generator=g).to(DEVICE),
+        fw_state=_randn(g, batch, heads, dim, dim),
+    )
+
+    def run(backend, q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid):
+        return kernels.synchronous_hqlt(
+            q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid,
+            window=window, chunk_size=chunk_size, backend=backend,
+        )
+
+    _compare(run, inputs, dtype, {"q", "k", "v", "beta", "gate", "cache_k", "cache_v"})
+
+
+def test_unsupported_inputs_give_clear_errors():
+    g = torch.Generator().manual_seed(0)
+    q = _randn(g, 1, 4, 1, 16)
+    beta, resets, state = torch.rand(1, 4, 1).to(DEVICE), torch.zeros(1, 4, dtype=torch.bool).to(DEVICE), q.new_zeros(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="chunk_size must be one of"):
+        kernels.delta_rule(q, q, q, beta, resets, state, chunk_size=8, backend="triton")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        kernels.delta_rule(q.double(), q.double(), q.double(), beta, resets, state, backend="triton")
+    with pytest.raises(ValueError, match="window must be"):
+        kernels.window_attention(q, q, q, resets, q[:, :0], q[:, :0], resets[:, :0], window=0, backend="triton")
+
