@@ -3,14 +3,16 @@
 Train on bit strings of length 3-40 to output the running parity at every step, test the parity of
 whole strings of length 40-256. 2 layers, width 128, 4 heads, window 8, beta in (0, 2).
 
-    python benchmarks/parity.py --device cuda            # all five cores, records benchmarks/RESULTS.md
+    python benchmarks/parity.py --device cuda --jobs 5   # all five cores at once, records benchmarks/RESULTS.md
     python benchmarks/parity.py --cores deltanet --steps 50 --device cpu   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,8 @@ def train_and_test(label: str, args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.1)
     start = time.perf_counter()
-    for _ in range(args.steps):
+    deadline = start + 60 * args.max_minutes
+    for step in range(1, args.steps + 1):
         length = int(torch.randint(TRAIN_LENGTHS[0], TRAIN_LENGTHS[1] + 1, (), generator=generator))
         bits, parity = sample(args.batch_size, length, args.device, generator)
         loss = F.cross_entropy(model(bits).flatten(0, 1), parity.flatten())
@@ -69,13 +72,15 @@ def train_and_test(label: str, args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if time.perf_counter() > deadline:
+            break
     model.eval()
     accuracy = {}
     with torch.no_grad():
         for length in TEST_LENGTHS:
             bits, parity = sample(args.test_size, length, args.device, generator)
             accuracy[length] = (model(bits)[:, -1].argmax(-1) == parity[:, -1]).float().mean().item()
-    return dict(accuracy=accuracy, final_loss=loss.item(), seconds=time.perf_counter() - start)
+    return dict(accuracy=accuracy, final_loss=loss.item(), steps=step, seconds=time.perf_counter() - start)
 
 
 def main() -> None:
@@ -87,19 +92,22 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="training time limit per core")
+    parser.add_argument("--jobs", type=int, default=1, help="cores trained at once, one process each")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
     rows = []
-    for label in args.cores:
-        result = train_and_test(label, args)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = pool.map(train_and_test, args.cores, [args] * len(args.cores))
+    for label, result in zip(args.cores, results):
         rows.append(
             [label]
             + [f"{100 * result['accuracy'][n]:.1f}" for n in TEST_LENGTHS]
-            + [f"{result['final_loss']:.3f}", f"{result['seconds']:.0f}"]
+            + [f"{result['final_loss']:.3f}", result["steps"], f"{result['seconds']:.0f}"]
         )
         print(label, result, flush=True)
-    header = ["core"] + [f"acc% len {n}" for n in TEST_LENGTHS] + ["final train loss", "train s"]
+    header = ["core"] + [f"acc% len {n}" for n in TEST_LENGTHS] + ["final train loss", "train steps", "seconds"]
     table = markdown_table(header, rows)
     print(table)
     if not args.no_record:
