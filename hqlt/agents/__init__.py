@@ -1,1 +1,27 @@
-"""hqlt.agents"""
+"""hqlt.agents: the recurrent actor-critic, rollout storage and PPO over whole rollouts.
+
+    from hqlt.agents import train
+    from hqlt.configs import compose
+    summary = train(compose(["memory=lstm"]))
+"""
+
+from hqlt.agents.policy import Policy
+from hqlt.agents.ppo import NonFiniteLossError, compute_gae, ppo_update, replay
+from hqlt.agents.rollout import Collector, Rollout, SequenceBatch, training_sequences
+from hqlt.agents.trainer import Trainer, TrainingError, evaluate, train
+
+__all__ = [
+    "Collector",
+    "NonFiniteLossError",
+    "Policy",
+    "Rollout",
+    "SequenceBatch",
+    "Trainer",
+    "TrainingError",
+    "compute_gae",
+    "evaluate",
+    "ppo_update",
+    "replay",
+    "train",
+    "training_sequences",
+]

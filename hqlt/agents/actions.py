@@ -1,0 +1,113 @@
+"""Action spaces: distributions, previous-action inputs and conversion to env actions.
+
+Discrete and MultiDiscrete actions are int64 `[..., len(nvec)]` (one categorical per element);
+Box actions are float32 `[..., *shape]` flattened to `[..., A]` (a diagonal Gaussian with a
+state-independent log-std). The env receives Box actions clipped to the bounds; the stored action
+is the sampled one, so that its log-probability stays exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+from torch.distributions import Categorical, Normal
+
+from hqlt.agents.encoders import one_hot_concat
+
+
+class ActionDistribution:
+    """Independent categoricals (`logits` split by `nvec`) or a diagonal Gaussian (`mean`, `std`).
+
+    All methods work on any leading dims `[...]`; log_prob and entropy sum over action elements.
+    """
+
+    def __init__(self, params: Tensor, nvec: tuple[int, ...] | None, log_std: Tensor | None = None) -> None:
+        if nvec is not None:
+            self.parts = [Categorical(logits=logits) for logits in params.split(list(nvec), dim=-1)]
+        else:
+            self.gaussian = Normal(params, log_std.expand_as(params).exp())
+        self.nvec = nvec
+
+    def sample(self) -> Tensor:
+        if self.nvec is not None:
+            return torch.stack([part.sample() for part in self.parts], dim=-1)
+        return self.gaussian.sample()
+
+    def mode(self) -> Tensor:
+        if self.nvec is not None:
+            return torch.stack([part.logits.argmax(-1) for part in self.parts], dim=-1)
+        return self.gaussian.mean
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        if self.nvec is not None:
+            return sum(part.log_prob(actions[..., i]) for i, part in enumerate(self.parts))
+        return self.gaussian.log_prob(actions).sum(-1)
+
+    def entropy(self) -> Tensor:
+        if self.nvec is not None:
+            return sum(part.entropy() for part in self.parts)
+        return self.gaussian.entropy().sum(-1)
+
+
+class ActionHead(nn.Module):
+    """Actor head and everything else that depends on the action space.
+
+    `forward(h [..., in_dim])` gives the ActionDistribution; `encode(actions)` the previous-action
+    input `[..., input_dim]`; `to_env(actions)` the numpy actions the vector env takes.
+    """
+
+    def __init__(self, space: spaces.Space, in_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+            self.nvec: tuple[int, ...] | None = (
+                (int(space.n),) if isinstance(space, spaces.Discrete) else tuple(int(n) for n in np.ravel(space.nvec))
+            )
+            self.start = np.asarray(space.start)
+            self.action_shape: tuple[int, ...] = (len(self.nvec),)
+            self.action_dtype = torch.int64
+            self.input_dim = sum(self.nvec)
+            num_params = sum(self.nvec)
+            self.log_std = None
+        elif isinstance(space, spaces.Box):
+            self.nvec = None
+            size = int(np.prod(space.shape))
+            self.low, self.high = space.low.reshape(-1), space.high.reshape(-1)
+            self.action_shape = (size,)
+            self.action_dtype = torch.float32
+            self.input_dim = size
+            num_params = size
+            self.log_std = nn.Parameter(torch.zeros(size))
+        else:
+            raise ValueError(f"unsupported action space {space}; supported: Discrete, MultiDiscrete, Box")
+        self.space = space
+        self.net = nn.Sequential(
+            init_layer(nn.Linear(in_dim, hidden_dim)),
+            nn.Tanh(),
+            init_layer(nn.Linear(hidden_dim, num_params), gain=0.01),
+        )
+
+    def forward(self, h: Tensor) -> ActionDistribution:
+        return ActionDistribution(self.net(h), self.nvec, self.log_std)
+
+    def encode(self, actions: Tensor) -> Tensor:
+        """actions `[..., *action_shape]` -> previous-action input `[..., input_dim]` (one-hot for discrete)."""
+        if self.nvec is not None:
+            return one_hot_concat(actions, self.nvec)
+        return actions.float()
+
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Batched actions `[N, *action_shape]` -> what the vector env's step takes."""
+        if isinstance(self.space, spaces.Discrete):
+            return actions[:, 0] + self.start
+        if isinstance(self.space, spaces.MultiDiscrete):
+            return actions.reshape(len(actions), *self.space.shape) + self.start
+        return np.clip(actions, self.low, self.high).reshape(len(actions), *self.space.shape)
+
+
+def init_layer(layer: nn.Linear, gain: float = float(np.sqrt(2))) -> nn.Linear:
+    """Orthogonal weights and zero bias (the usual PPO initialisation; small gain on policy logits)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer

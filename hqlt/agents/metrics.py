@@ -1,0 +1,35 @@
+"""TensorBoard tag names: the one place that defines them (the trainer writes, hqlt.compare reads)."""
+
+from __future__ import annotations
+
+# Training episodes (from the rollouts), at the env step they ended.
+EPISODE_RETURN = "episode/return"
+EPISODE_SUCCESS = "episode/success"
+EPISODE_LENGTH = "episode/length"
+
+# Evaluation episodes on separate envs.
+EVAL_RETURN = "eval/return"
+EVAL_SUCCESS = "eval/success"
+EVAL_LENGTH = "eval/length"
+
+# Final evaluation, also the HParams tab's metrics.
+FINAL_RETURN = "final/return"
+FINAL_SUCCESS = "final/success"
+
+SPS = "perf/sps"
+LEARNING_RATE = "train/learning_rate"
+
+# ppo_update's summary keys -> tags.
+UPDATE_TAGS = {
+    "loss": "loss/total",
+    "policy_loss": "loss/policy",
+    "value_loss": "loss/value",
+    "entropy": "loss/entropy",
+    "approx_kl": "train/approx_kl",
+    "clip_fraction": "train/clip_fraction",
+    "explained_variance": "train/explained_variance",
+    "grad_norm": "train/grad_norm",
+}
+
+# Memory diagnostics of the core (core.last_diagnostics) are logged as memory/<name>.
+MEMORY_PREFIX = "memory/"

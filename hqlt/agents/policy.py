@@ -1,0 +1,83 @@
+"""The recurrent actor-critic: encoder -> memory core -> separate actor and critic heads.
+
+    obs ──encoder──┐
+    prev action ───┼─ MLP ─> core (memory) ─┬─ actor head  -> action distribution
+    prev reward ───┘                        └─ critic head -> value
+
+The previous action and reward are zeroed at the first step of an episode (where `resets` is true),
+so the policy sees the same inputs in step mode (acting) and sequence mode (training).
+"""
+
+from __future__ import annotations
+
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
+from hqlt.agents.encoders import build_encoder
+from hqlt.envs import describe_space
+from hqlt.memory import MemoryCore, State
+
+
+class Policy(nn.Module):
+    """Actor-critic around any memory core; the core's `input_dim` is the width of the mixed inputs."""
+
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.encoder = build_encoder(describe_space(observation_space))
+        self.action_head = ActionHead(action_space, core.hidden_dim, head_dim)
+        in_dim = self.encoder.out_dim + self.action_head.input_dim + 1
+        self.mix = nn.Sequential(
+            init_layer(nn.Linear(in_dim, core.input_dim)),
+            nn.ReLU(),
+            init_layer(nn.Linear(core.input_dim, core.input_dim)),
+            nn.ReLU(),
+        )
+        self.core = core
+        self.critic = nn.Sequential(
+            init_layer(nn.Linear(core.hidden_dim, head_dim)),
+            nn.Tanh(),
+            init_layer(nn.Linear(head_dim, 1), gain=1.0),
+        )
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The core's state for `batch_size` fresh episodes."""
+        return self.core.initial_state(batch_size, device=device)
+
+    def forward(
+        self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor
+    ) -> tuple[ActionDistribution, Tensor, State]:
+        """obs `[B, T, *obs_shape]`, prev_actions `[B, T, *action_shape]`, prev_rewards `[B, T]`, resets bool `[B, T]`.
+
+        Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1.
+        """
+        batch, steps = resets.shape
+        features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)
+        carried = (~resets).unsqueeze(-1).float()
+        inputs = torch.cat(
+            [features, self.action_head.encode(prev_actions) * carried, prev_rewards.unsqueeze(-1) * carried], dim=-1
+        )
+        y, state = self.core(self.mix(inputs), state, resets)
+        return self.action_head(y), self.critic(y).squeeze(-1), state
+
+    @torch.no_grad()
+    def act(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor, greedy: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, State]:
+        """One step of N envs (step mode): obs `[N, *obs_shape]`, prev_action `[N, *action_shape]`,
+        prev_reward `[N]`, resets bool `[N]`.
+
+        Returns actions `[N, *action_shape]`, their log-probs `[N]`, values `[N]` and the next state.
+        The rollout's only policy call per step, so that a captured (CUDA-graph) version can replace it.
+        """
+        dist, values, state = self(obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None])
+        actions = dist.mode() if greedy else dist.sample()
+        return actions[:, 0], dist.log_prob(actions)[:, 0], values[:, 0], state
+
+    @torch.no_grad()
+    def value(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor) -> Tensor:
+        """Values `[N]` of one step (shapes as in `act`); the state is left unchanged."""
+        return self(obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None])[1][:, 0]

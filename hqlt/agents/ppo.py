@@ -1,0 +1,129 @@
+"""PPO over whole rollouts: GAE with correct bootstrapping, and one update as a short linear function.
+
+The learner re-runs the memory core in sequence mode over whole env rows (or the stored shorter
+training sequences), from the detached state stored at each sequence start and with the stored
+resets, so that it sees exactly what the actor saw.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor, nn
+
+from hqlt.agents.policy import Policy
+from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
+from hqlt.configs.schema import PPOConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the update stopped before touching the parameters."""
+
+
+def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and returns, both `[N, T]`.
+
+    The value after step t is the next step's value, except: terminated episodes do not bootstrap
+    (0), truncated ones bootstrap from the value of their final observation (`final_values`), and the
+    last step bootstraps from `next_values`. Advantages never cross an episode end.
+    """
+    rewards, values = rollout.rewards, rollout.values
+    num_steps = rewards.shape[1]
+    following = torch.cat([values[:, 1:], rollout.next_values[:, None]], dim=1)
+    next_values = torch.where(rollout.truncated, rollout.final_values, following)
+    next_values = torch.where(rollout.terminated, torch.zeros_like(next_values), next_values)
+    episode_continues = (~(rollout.terminated | rollout.truncated)).float()
+    deltas = rewards + gamma * next_values - values
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(num_steps)):
+        running = deltas[:, t] + gamma * gae_lambda * episode_continues[:, t] * running
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def replay(policy: Policy, batch: SequenceBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Re-runs the policy in sequence mode over `batch`: log-probs, entropies and values, each `[S, L]`."""
+    states = {name: value.detach() for name, value in batch.states.items()}
+    dist, values, _ = policy(batch.obs, batch.prev_actions, batch.prev_rewards, states, batch.resets)
+    return dist.log_prob(batch.actions), dist.entropy(), values
+
+
+def explained_variance(predicted: Tensor, target: Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target); nan when the target is constant."""
+    variance = target.var()
+    return float("nan") if variance == 0 else float(1 - (target - predicted).var() / variance)
+
+
+def ppo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    cfg: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One PPO update on a rollout; returns the mean of each loss and diagnostic over minibatches."""
+    advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
+    sequences = training_sequences(rollout, advantages, returns)
+    num_sequences = sequences.resets.shape[0]
+    minibatch_size = num_sequences // cfg.num_minibatches
+    stats: dict[str, list[float]] = defaultdict(list)
+
+    for _epoch in range(cfg.update_epochs):
+        order = torch.randperm(num_sequences, generator=generator).to(rollout.resets.device)
+        for start in range(0, num_sequences, minibatch_size):
+            batch = sequences.rows(order[start : start + minibatch_size])
+
+            # 1. Re-run the core over whole sequences from their stored initial states.
+            log_probs, entropy, values = replay(policy, batch)
+
+            # 2. Probability ratio of the new policy to the acting one, and how far it moved.
+            log_ratio = log_probs - batch.log_probs
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                stats["approx_kl"].append(float(((ratio - 1) - log_ratio).mean()))
+                stats["clip_fraction"].append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
+
+            # 3. Clipped policy loss on (normalised) advantages.
+            adv = batch.advantages
+            if cfg.normalize_advantages:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+
+            # 4. Value loss, optionally clipped around the acting values.
+            value_error = (values - batch.returns) ** 2
+            if cfg.clip_value_loss:
+                clipped = batch.values + (values - batch.values).clamp(-cfg.clip_coef, cfg.clip_coef)
+                value_error = torch.max(value_error, (clipped - batch.returns) ** 2)
+            value_loss = 0.5 * value_error.mean()
+
+            # 5. Total loss with the entropy bonus; refuse to step on NaN/inf.
+            entropy_mean = entropy.mean()
+            loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"PPO loss is {float(loss)} (policy {float(policy_loss)}, value {float(value_loss)}, "
+                    f"entropy {float(entropy_mean)})"
+                )
+
+            # 6. Gradient step with the gradient norm clipped (and checked, like the loss).
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(f"gradient norm is {float(grad_norm)} at a finite loss {float(loss)}")
+            optimizer.step()
+            stats["grad_norm"].append(grad_norm.item())
+
+            stats["policy_loss"].append(policy_loss.item())
+            stats["value_loss"].append(value_loss.item())
+            stats["entropy"].append(entropy_mean.item())
+            stats["loss"].append(loss.item())
+
+        if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
+            break
+
+    summary = {name: sum(values) / len(values) for name, values in stats.items()}
+    summary["explained_variance"] = explained_variance(rollout.values.flatten(), returns.flatten())
+    return summary

@@ -1,0 +1,227 @@
+"""Rollouts: N envs stepped T times in step mode, stored whole on the training device.
+
+The collector carries per env, across rollouts: the current observation, the memory state, the
+previous action and reward, and `resets` (true when the current observation starts an episode).
+With SAME_STEP autoreset `resets[t] = terminated[t-1] | truncated[t-1]`, and the core clears the
+state of those rows itself, so no dummy transitions enter the buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+from torch import Tensor
+
+from hqlt.agents.policy import Policy
+from hqlt.memory import State
+
+
+@dataclass
+class Rollout:
+    """One rollout, rows are envs: every tensor is `[N, T, ...]` unless noted.
+
+    obs `[N, T, *obs_shape]`, prev_actions/actions `[N, T, *action_shape]`, prev_rewards, log_probs,
+    values, rewards `[N, T]`, resets/terminated/truncated bool `[N, T]`;
+    final_values `[N, T]`: value of info["final_obs"] where truncated (0 elsewhere), computed with the
+    carried state; next_values `[N]`: value of the observation after the last step;
+    states: core state before steps 0, L, 2L, ... (L = sequence_length), `{name: [N, T // L, ...]}`.
+    """
+
+    obs: Tensor
+    prev_actions: Tensor
+    prev_rewards: Tensor
+    resets: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    final_values: Tensor
+    next_values: Tensor
+    states: State
+
+
+@dataclass
+class SequenceBatch:
+    """Training sequences: every tensor `[S, L, ...]`, states `{name: [S, ...]}` at each sequence start."""
+
+    obs: Tensor
+    prev_actions: Tensor
+    prev_rewards: Tensor
+    resets: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    states: State
+
+    def rows(self, index: Tensor) -> SequenceBatch:
+        """The sequences at `index` (int `[S']`)."""
+        tensors = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "states"}
+        return SequenceBatch(**tensors, states={name: value[index] for name, value in self.states.items()})
+
+
+def training_sequences(rollout: Rollout, advantages: Tensor, returns: Tensor) -> SequenceBatch:
+    """Cuts every env row `[N, T]` into K = T / L sequences `[N * K, L]` with their stored initial states."""
+    num_envs, num_steps = rollout.resets.shape
+    num_cuts = next(iter(rollout.states.values())).shape[1]
+    length = num_steps // num_cuts
+
+    def cut(x: Tensor) -> Tensor:
+        return x.reshape(num_envs * num_cuts, length, *x.shape[2:])
+
+    return SequenceBatch(
+        obs=cut(rollout.obs),
+        prev_actions=cut(rollout.prev_actions),
+        prev_rewards=cut(rollout.prev_rewards),
+        resets=cut(rollout.resets),
+        actions=cut(rollout.actions),
+        log_probs=cut(rollout.log_probs),
+        values=cut(rollout.values),
+        advantages=cut(advantages),
+        returns=cut(returns),
+        states={name: value.flatten(0, 1) for name, value in rollout.states.items()},
+    )
+
+
+@dataclass
+class Transition:
+    """What one step of N envs returned: actions `[N, *action_shape]`, log_probs/values/rewards `[N]`,
+    terminated/truncated bool `[N]`, and the vector env's info dict."""
+
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    info: dict
+
+
+@dataclass
+class EpisodeStats:
+    """Statistics of the episodes that ended during a rollout (one entry per episode)."""
+
+    returns: list[float]
+    lengths: list[int]
+    successes: list[float]
+
+    def extend(self, info: dict) -> None:
+        """Adds the episodes marked in info["_episode"] (hqlt.envs' EpisodeStats convention)."""
+        if "episode" not in info:
+            return
+        done = info["_episode"]
+        self.returns += info["episode"]["return"][done].tolist()
+        self.lengths += info["episode"]["length"][done].tolist()
+        self.successes += info["episode"]["success"][done].tolist()
+
+
+class Collector:
+    """Collects rollouts of `rollout_length` steps from `envs` with `policy`, on `device`.
+
+    `sequence_length` decides where the core state is stored for training (every L steps).
+    Observations, rewards and flags cross from host to device once per step for all envs, and
+    actions once back.
+    """
+
+    def __init__(
+        self, policy: Policy, envs: VectorEnv, device: torch.device, rollout_length: int, sequence_length: int
+    ) -> None:
+        self.policy = policy
+        self.envs = envs
+        self.device = device
+        self.rollout_length = rollout_length
+        self.sequence_length = sequence_length
+        self.num_envs = envs.num_envs
+
+    def restart(self, seed: int | None) -> None:
+        """Starts fresh episodes in every env (seeded) and a fresh carry."""
+        obs, _ = self.envs.reset(seed=seed)
+        head = self.policy.action_head
+        self.obs = torch.as_tensor(obs, device=self.device)
+        self.resets = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self.prev_action = torch.zeros(self.num_envs, *head.action_shape, dtype=head.action_dtype, device=self.device)
+        self.prev_reward = torch.zeros(self.num_envs, device=self.device)
+        self.state = self.policy.initial_state(self.num_envs, device=self.device)
+
+    def step(self, greedy: bool = False) -> Transition:
+        """One env step for all envs from the carry; advances the carry."""
+        actions, log_probs, values, self.state = self.policy.act(
+            self.obs, self.prev_action, self.prev_reward, self.state, self.resets, greedy
+        )
+        obs, rewards, terminated, truncated, info = self.envs.step(self.policy.action_head.to_env(actions.cpu().numpy()))
+        rewards = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
+        terminated = torch.as_tensor(terminated, device=self.device)
+        truncated = torch.as_tensor(truncated, device=self.device)
+        self.obs = torch.as_tensor(obs, device=self.device)
+        self.prev_action, self.prev_reward = actions, rewards
+        self.resets = terminated | truncated
+        return Transition(actions, log_probs, values, rewards, terminated, truncated, info)
+
+    def collect(self) -> tuple[Rollout, EpisodeStats]:
+        """Steps every env `rollout_length` times; returns the rollout and the episodes that ended."""
+        rollout = self._allocate()
+        episodes = EpisodeStats([], [], [])
+        for t in range(self.rollout_length):
+            if t % self.sequence_length == 0:
+                for name, value in self.state.items():
+                    rollout.states[name][:, t // self.sequence_length] = value
+            rollout.obs[:, t] = self.obs
+            rollout.prev_actions[:, t] = self.prev_action
+            rollout.prev_rewards[:, t] = self.prev_reward
+            rollout.resets[:, t] = self.resets
+
+            step = self.step()
+            rollout.actions[:, t] = step.actions
+            rollout.log_probs[:, t] = step.log_probs
+            rollout.values[:, t] = step.values
+            rollout.rewards[:, t] = step.rewards
+            rollout.terminated[:, t] = step.terminated
+            rollout.truncated[:, t] = step.truncated
+            bootstrapped = step.truncated & ~step.terminated
+            if bootstrapped.any():
+                rollout.final_values[:, t] = self._final_values(step.info, bootstrapped)
+            episodes.extend(step.info)
+        rollout.next_values[:] = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        return rollout, episodes
+
+    def _final_values(self, info: dict, rows: Tensor) -> Tensor:
+        """Values `[N]` of info["final_obs"] for the envs in `rows` (bool `[N]`), 0 elsewhere.
+
+        Called right after `step`, so the carry holds each env's state after its last step, and that
+        step's action and reward: the policy runs one step on the final observation with them.
+        """
+        index = rows.nonzero().flatten()
+        final_obs = torch.as_tensor(np.stack(info["final_obs"][index.cpu().numpy()]), device=self.device)
+        state = {name: value[index] for name, value in self.state.items()}
+        no_reset = torch.zeros(len(index), dtype=torch.bool, device=self.device)
+        values = torch.zeros(self.num_envs, device=self.device)
+        values[index] = self.policy.value(final_obs, self.prev_action[index], self.prev_reward[index], state, no_reset)
+        return values
+
+    def _allocate(self) -> Rollout:
+        n, t, device = self.num_envs, self.rollout_length, self.device
+        head = self.policy.action_head
+        floats = lambda: torch.zeros(n, t, device=device)  # noqa: E731
+        flags = lambda: torch.zeros(n, t, dtype=torch.bool, device=device)  # noqa: E731
+        num_cuts = t // self.sequence_length
+        return Rollout(
+            obs=torch.zeros(n, t, *self.obs.shape[1:], dtype=self.obs.dtype, device=device),
+            prev_actions=torch.zeros(n, t, *head.action_shape, dtype=head.action_dtype, device=device),
+            prev_rewards=floats(),
+            resets=flags(),
+            actions=torch.zeros(n, t, *head.action_shape, dtype=head.action_dtype, device=device),
+            log_probs=floats(),
+            values=floats(),
+            rewards=floats(),
+            terminated=flags(),
+            truncated=flags(),
+            final_values=floats(),
+            next_values=torch.zeros(n, device=device),
+            states={name: torch.zeros(n, num_cuts, *v.shape[1:], dtype=v.dtype, device=device) for name, v in self.state.items()},
+        )

@@ -1,0 +1,363 @@
+"""A training run: envs, policy, PPO updates, TensorBoard, evaluation, checkpoints.
+
+    train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
+
+Checkpoints are taken at update boundaries, and the envs restart (seeded from the step counter)
+right after each one, so a run resumed from a checkpoint continues exactly as the uninterrupted run.
+Ctrl-C finishes the current rollout or update, saves a checkpoint and closes the writer; a NaN or inf
+loss stops the run before the parameters change, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+from tqdm import tqdm
+
+from hqlt.agents import metrics
+from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from hqlt.agents.policy import Policy
+from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
+from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
+from hqlt.configs.schema import ConfigError, TrainConfig, validate
+from hqlt.envs import make_vector
+from hqlt.memory import build_core
+
+# Evaluation envs draw their episodes from seeds far from the training envs'.
+EVAL_SEED_OFFSET = 1_000_000
+# Sequences replayed (without gradients) to record the core's memory diagnostics after each update.
+DIAGNOSTIC_SEQUENCES = 8
+# Config sections that define the model and the data; a resumed run must keep them.
+RESUME_FIXED = ("env", "memory", "agent", "seed")
+
+
+class TrainingError(RuntimeError):
+    """The run stopped; the message says why and where its last good checkpoint is."""
+
+
+def resolve_device(name: str, cpu_threads: int = 0) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error.
+
+    Also sets torch's CPU thread count when `cpu_threads` > 0.
+    """
+    if cpu_threads > 0:
+        torch.set_num_threads(cpu_threads)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """Seed of the episodes started after a checkpoint at `global_step` (the same on resume)."""
+    return seed + global_step
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """`<log_dir>/<env.name>/<memory.name>/seed<seed>-<time>`, with a suffix if that already exists."""
+    base = Path(cfg.log_dir) / cfg.env.name / cfg.memory.name / f"seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        run_dir, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def evaluate(collector: Collector, episodes: int, greedy: bool, seed: int) -> dict[str, float]:
+    """Runs `episodes` episodes on the collector's envs; mean return, success and length.
+
+    Sampling happens under a forked RNG, so evaluating never changes the training run's random stream.
+    """
+    stats = EpisodeStats([], [], [])
+    with torch.random.fork_rng(devices=[collector.device] if collector.device.type == "cuda" else []):
+        collector.restart(seed)
+        while len(stats.returns) < episodes:
+            stats.extend(collector.step(greedy).info)
+    return summarize(stats)
+
+
+def summarize(stats: EpisodeStats) -> dict[str, float]:
+    """Means of the episodes' return, success (nan if the env defines none) and length."""
+    successes = [s for s in stats.successes if not math.isnan(s)]
+    return {
+        "return": float(np.mean(stats.returns)),
+        "success": float(np.mean(successes)) if successes else float("nan"),
+        "length": float(np.mean(stats.lengths)),
+    }
+
+
+class SigintGuard:
+    """Within the block, the first Ctrl-C only sets `requested`; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> SigintGuard:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """One run of `cfg`; `run()` trains to `cfg.total_steps` and returns the final summary."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        agent = cfg.agent
+        self.device = resolve_device(cfg.device, cfg.cpu_threads)
+        seed_everything(cfg.seed)
+        env_kwargs = dict(cfg.env.kwargs)
+        try:
+            self.envs = make_vector(cfg.env.id, agent.num_envs, cfg.seed, asynchronous=cfg.async_envs, **env_kwargs)
+            eval_envs = make_vector(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **env_kwargs)
+            core = build_core(
+                cfg.memory.core, input_dim=agent.encoder_dim, hidden_dim=cfg.memory.hidden_dim, **cfg.memory.options
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space, core, agent.head_dim)
+        self.policy.to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        sequence_length = agent.sequence_length or agent.rollout_length
+        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length)
+        self.eval_collector = Collector(self.policy, eval_envs, self.device, 1, 1)
+        self.steps_per_update = agent.num_envs * agent.rollout_length
+        self.num_updates = math.ceil(cfg.total_steps / self.steps_per_update)
+        self.update = 0
+        self.global_step = 0
+        self.last_checkpoint: Path | None = None
+        self.checkpoint_step = -1
+        if cfg.resume:
+            self.run_dir = self._resume(Path(cfg.resume))
+        else:
+            self.run_dir = new_run_dir(cfg)
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        self.writer = SummaryWriter(str(self.run_dir))
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_successes: deque[float] = deque(maxlen=100)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, float]:
+        """Trains until `total_steps`, Ctrl-C or a non-finite loss; returns the final summary."""
+        cfg = self.cfg
+        self.collector.restart(restart_seed(cfg.seed, self.global_step) if cfg.resume else cfg.seed)
+        start_time, start_step = time.perf_counter(), self.global_step
+        bar = tqdm(total=self.num_updates * self.steps_per_update, initial=self.global_step, unit="step",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        interrupted = False
+        try:
+            with SigintGuard() as sigint:
+                while self.update < self.num_updates and not sigint.requested:
+                    try:
+                        self._train_one_update()
+                    except NonFiniteLossError as error:
+                        where = self.last_checkpoint or "none written yet"
+                        raise TrainingError(
+                            f"stopping at update {self.update + 1} (step {self.global_step}): {error}. "
+                            f"The last good checkpoint is {where}."
+                        ) from error
+                    except Exception:
+                        if sigint.requested:  # e.g. async env workers also got the Ctrl-C
+                            break
+                        raise
+                    sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
+                    self.writer.add_scalar(metrics.SPS, sps, self.global_step)
+                    bar.update(self.steps_per_update)
+                    bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(self.recent_returns), refresh=False)
+                    if cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0:
+                        self._checkpoint()
+                        self.collector.restart(restart_seed(cfg.seed, self.global_step))
+                interrupted = sigint.requested
+            if interrupted:
+                self._checkpoint()
+                bar.write(f"interrupted: checkpoint saved to {self.last_checkpoint}")
+                return {"interrupted": 1.0, "global_step": float(self.global_step)}
+            if self.checkpoint_step != self.global_step:
+                self._checkpoint()
+            summary = self._final_summary(time.perf_counter() - start_time, start_step)
+        finally:
+            bar.close()
+            self.writer.close()
+        return summary
+
+    def _train_one_update(self) -> None:
+        cfg, agent = self.cfg, self.cfg.agent
+        learning_rate = agent.learning_rate
+        if agent.anneal_lr:
+            learning_rate *= 1.0 - self.update / self.num_updates
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
+        rollout, episodes = self.collector.collect()
+        self.global_step += self.steps_per_update
+        self._log_episodes(episodes)
+
+        stats = ppo_update(self.policy, self.optimizer, rollout, agent, self.generator)
+        self.update += 1
+        for name, value in stats.items():
+            self.writer.add_scalar(metrics.UPDATE_TAGS[name], value, self.global_step)
+        self.writer.add_scalar(metrics.LEARNING_RATE, learning_rate, self.global_step)
+        for name, value in self._memory_diagnostics(rollout).items():
+            self.writer.add_scalar(metrics.MEMORY_PREFIX + name, value, self.global_step)
+
+        previous_step = self.global_step - self.steps_per_update
+        if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:
+            self._log_eval(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_episodes(self, episodes: EpisodeStats) -> None:
+        if not episodes.returns:
+            return
+        summary = summarize(episodes)
+        self.recent_returns.extend(episodes.returns)
+        self.recent_successes.extend(s for s in episodes.successes if not math.isnan(s))
+        self._log_eval(summary, metrics.EPISODE_RETURN, metrics.EPISODE_SUCCESS, metrics.EPISODE_LENGTH)
+
+    def _log_eval(self, summary: dict[str, float], return_tag: str, success_tag: str, length_tag: str) -> None:
+        self.writer.add_scalar(return_tag, summary["return"], self.global_step)
+        self.writer.add_scalar(length_tag, summary["length"], self.global_step)
+        if not math.isnan(summary["success"]):
+            self.writer.add_scalar(success_tag, summary["success"], self.global_step)
+
+    def _memory_diagnostics(self, rollout: Rollout) -> dict[str, float]:
+        """The core's diagnostics over a few training sequences, replayed without gradients."""
+        core = self.policy.core
+        zeros = torch.zeros_like(rollout.values)
+        batch = training_sequences(rollout, zeros, zeros)
+        core.record_diagnostics = True
+        try:
+            with torch.no_grad():
+                replay(self.policy, batch.rows(torch.arange(min(DIAGNOSTIC_SEQUENCES, batch.resets.shape[0]))))
+        finally:
+            core.record_diagnostics = False
+        return dict(core.last_diagnostics)
+
+    def _evaluate(self) -> dict[str, float]:
+        cfg = self.cfg.eval
+        return evaluate(self.eval_collector, cfg.episodes, cfg.greedy, self.cfg.seed + EVAL_SEED_OFFSET)
+
+    @staticmethod
+    def _recent(values: deque[float]) -> str:
+        return f"{np.mean(values):.3f}" if values else "-"
+
+    def _final_summary(self, seconds: float, start_step: int) -> dict[str, float]:
+        final = self._evaluate()
+        summary = {
+            "global_step": float(self.global_step),
+            "sps": (self.global_step - start_step) / seconds,
+            "train_return": float(np.mean(self.recent_returns)) if self.recent_returns else float("nan"),
+            "train_success": float(np.mean(self.recent_successes)) if self.recent_successes else float("nan"),
+            "eval_return": final["return"],
+            "eval_success": final["success"],
+            "eval_length": final["length"],
+        }
+        self._log_eval(final, metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+        self._write_hparams(final)
+        cfg = self.cfg
+        print(
+            f"\n{cfg.env.name} / {cfg.memory.name} / seed {cfg.seed}: {self.global_step} steps in {seconds:.0f} s "
+            f"({summary['sps']:.0f} steps/s)\n"
+            f"  final evaluation ({cfg.eval.episodes} episodes, {'greedy' if cfg.eval.greedy else 'sampled'}): "
+            f"return {final['return']:.3f}, success {final['success']:.3f}, length {final['length']:.1f}\n"
+            f"  last 100 training episodes: return {summary['train_return']:.3f}, "
+            f"success {summary['train_success']:.3f}\n"
+            f"  run directory: {self.run_dir}"
+        )
+        return summary
+
+    def _write_hparams(self, final: dict[str, float]) -> None:
+        """HParams tab: the run's main settings with the final evaluation as its metrics."""
+        cfg = self.cfg
+        hparam_values = {
+            "env": cfg.env.name,
+            "memory": cfg.memory.name,
+            "core": cfg.memory.core,
+            "seed": cfg.seed,
+            "hidden_dim": cfg.memory.hidden_dim,
+            "total_steps": cfg.total_steps,
+            "num_envs": cfg.agent.num_envs,
+            "rollout_length": cfg.agent.rollout_length,
+            "learning_rate": cfg.agent.learning_rate,
+        }
+        final_metrics = {metrics.FINAL_RETURN: final["return"], metrics.FINAL_SUCCESS: final["success"]}
+        experiment, session_start, session_end = hparams(hparam_values, final_metrics)
+        for summary in (experiment, session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in final_metrics.items():
+            self.writer.add_scalar(tag, value, self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self) -> None:
+        path = self.run_dir / "checkpoints" / f"step{self.global_step:010d}.pt"
+        save_checkpoint(
+            path,
+            {
+                "model": self.policy.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "config": dataclasses.asdict(self.cfg),
+                "counters": {"update": self.update, "global_step": self.global_step},
+                "rng": capture_rng(self.generator),
+            },
+        )
+        self.last_checkpoint, self.checkpoint_step = path, self.global_step
+        for old in sorted(path.parent.glob("step*.pt"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+
+    def _resume(self, path: Path) -> Path:
+        """Loads a checkpoint into this trainer; returns its run directory (checkpoints/ lives inside)."""
+        checkpoint = load_checkpoint(path)
+        stored, current = checkpoint["config"], dataclasses.asdict(self.cfg)
+        changed = [key for key in RESUME_FIXED if stored[key] != current[key]]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {path}: the config differs in {', '.join(changed)} "
+                f"(resume keeps env, memory, agent and seed; it may change total_steps, eval, device, ...)"
+            )
+        self.policy.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.update = checkpoint["counters"]["update"]
+        self.global_step = checkpoint["counters"]["global_step"]
+        restore_rng(checkpoint["rng"], self.generator)
+        self.last_checkpoint, self.checkpoint_step = path, self.global_step
+        return path.resolve().parent.parent
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Trains one run of `cfg` (see Trainer) and returns its final summary."""
+    return Trainer(cfg).run()

@@ -1,0 +1,162 @@
+"""Typed schemas of the training config, and the checks run before training starts.
+
+The Hydra tree beside this file (env/, memory/, agent/, experiment/) fills these dataclasses; a key
+that is not declared here fails at composition, and `validate` rejects values that are declared but
+wrong (unknown core, unknown env id, sizes that do not divide), each time naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key and the valid choices."""
+
+
+@dataclass
+class EnvConfig:
+    """An environment: `id` goes to `hqlt.envs.make_vector(id, **kwargs)`; `name` labels run directories."""
+
+    name: str = MISSING
+    id: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryConfig:
+    """A memory core: `build_core(core, input_dim, hidden_dim, **options)`; `name` labels run directories."""
+
+    name: str = MISSING
+    core: str = MISSING
+    hidden_dim: int = 128
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PPOConfig:
+    """PPO over whole rollouts, and the policy around the memory core."""
+
+    name: str = "ppo"
+    num_envs: int = 16
+    rollout_length: int = 128
+    # Training sequence length; 0 trains on whole rollouts. Must divide rollout_length.
+    sequence_length: int = 0
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    learning_rate: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_value_loss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantages: bool = True
+    # Stop an update's epochs early once the approximate KL passes this; null never stops.
+    target_kl: float | None = None
+    # Width of the observation encoder's output, which is the memory core's input.
+    encoder_dim: int = 64
+    # Width of the hidden layer of the actor and critic heads.
+    head_dim: int = 64
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation episodes on separate envs: every `interval` env steps (0: only at the end)."""
+
+    interval: int = 0
+    episodes: int = 32
+    num_envs: int = 8
+    # Greedy (most likely action) or sampled actions.
+    greedy: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; `python train_rl.py --cfg job` prints the composed values."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    agent: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    total_steps: int = 200_000
+    device: str = "auto"
+    # torch CPU threads; small RL models run fastest on one (several spin-wait against the envs), 0 keeps torch's default.
+    cpu_threads: int = 1
+    # Run directories are <log_dir>/<env.name>/<memory.name>/seed<seed>-<time>.
+    log_dir: str = "runs"
+    # Checkpoint every this many updates (0: only the final one). Envs restart after each checkpoint,
+    # so a resumed run continues exactly as the uninterrupted one would.
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 3
+    # Path of a checkpoint to continue from (its run directory is reused).
+    resume: str | None = None
+    async_envs: bool = False
+    progress: bool = True
+
+
+def register_schemas() -> None:
+    """Registers the root schema as `train_schema`, the first entry of config.yaml's defaults."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raises ConfigError for values the schema's types cannot catch."""
+    from hqlt.envs import ENV_IDS
+    from hqlt.memory import CORE_NAMES, core_options
+
+    if cfg.memory.core not in CORE_NAMES:
+        raise ConfigError(f"unknown memory core {cfg.memory.core!r} (memory.core); valid cores: {', '.join(CORE_NAMES)}")
+    unknown_options = sorted(set(cfg.memory.options) - set(core_options(cfg.memory.core)))
+    if unknown_options:
+        valid = ", ".join(core_options(cfg.memory.core)) or "none"
+        raise ConfigError(f"unknown memory.options {unknown_options} for core {cfg.memory.core!r}; its options: {valid}")
+    if cfg.env.id not in ENV_IDS:
+        close = difflib.get_close_matches(cfg.env.id, ENV_IDS, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown env id {cfg.env.id!r} (env.id); {hint}valid ids: {', '.join(ENV_IDS)}")
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"unknown device {cfg.device!r}; valid choices: {', '.join(DEVICES)}")
+    agent = cfg.agent
+    sequence_length = agent.sequence_length or agent.rollout_length
+    if agent.rollout_length % sequence_length:
+        raise ConfigError(
+            f"agent.sequence_length={agent.sequence_length} must divide agent.rollout_length={agent.rollout_length}"
+        )
+    num_sequences = agent.num_envs * (agent.rollout_length // sequence_length)
+    if agent.num_minibatches < 1 or num_sequences % agent.num_minibatches:
+        raise ConfigError(
+            f"agent.num_minibatches={agent.num_minibatches} must divide the number of training sequences "
+            f"per rollout ({num_sequences} = num_envs x rollout_length / sequence_length)"
+        )
+    positive = {
+        "total_steps": cfg.total_steps,
+        "agent.num_envs": agent.num_envs,
+        "agent.rollout_length": agent.rollout_length,
+        "agent.update_epochs": agent.update_epochs,
+        "memory.hidden_dim": cfg.memory.hidden_dim,
+        "eval.num_envs": cfg.eval.num_envs,
+        "eval.episodes": cfg.eval.episodes,
+        "keep_checkpoints": cfg.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    non_negative = {
+        "eval.interval": cfg.eval.interval,
+        "checkpoint_interval": cfg.checkpoint_interval,
+        "cpu_threads": cfg.cpu_threads,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
