@@ -19,6 +19,7 @@ if not CUDA:
 pytest.importorskip("triton")
 
 from hqlt import kernels  # noqa: E402
+from hqlt.kernels import reference  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -166,3 +167,50 @@ def test_unsupported_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="window must be"):
         kernels.window_attention(q, q, q, resets, q[:, :0], q[:, :0], resets[:, :0], window=0, backend="triton")
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rollout_step_matches_sequence_op(dtype):
+    """T steps of the in-place step op (ring buffer, advance_ring between steps) equal one call of the
+    sequence op on the same T steps, for the reference step and the Triton step kernel."""
+    batch, heads, dim, window = (256, 4, 64, 64) if CUDA else (3, 2, 16, 6)
+    steps = 2 * window + 3
+    g = torch.Generator().manual_seed(7)
+    q, k, v, gate = (_randn(g, batch, steps, heads, dim) for _ in range(4))
+    gate = torch.sigmoid(gate)
+    beta = 2 * torch.rand(batch, steps, heads, generator=g).to(DEVICE)
+    resets = _resets(batch, steps, window, g)
+    fw0 = _randn(g, batch, heads, dim, dim)
+    empty = q.new_zeros(batch, window, heads, dim)
+    o_seq, fw_seq = reference.synchronous_hqlt(
+        *(x.double() for x in (q, k, v, beta, gate)), resets, fw0.double(), empty.double(), empty.double(),
+        empty[..., 0, 0].bool(), window,
+    )
+    start_slots = torch.randint(0, window, (batch,), generator=g).to(DEVICE)
+    for backend, step_dtype in [("reference", torch.float64), ("triton", dtype)]:
+        fw = fw0.clone().to(torch.float64 if backend == "reference" else torch.float32)
+        kv_keys, kv_values = empty.to(step_dtype).clone(), empty.to(step_dtype).clone()
+        kv_valid, kv_write = empty[..., 0, 0].bool(), start_slots.clone()
+        outputs = []
+        for t in range(steps):
+            inputs = [x[:, t: t + 1].to(step_dtype) for x in (q, k, v, beta, gate)]
+            o, _ = kernels.synchronous_hqlt_step(
+                *inputs, resets[:, t: t + 1], fw, kv_keys, kv_values, kv_valid, kv_write, window=window, backend=backend
+            )
+            kernels.advance_ring(kv_valid, kv_write, resets[:, t: t + 1])
+            outputs.append(o)
+        tolerance = 1e-10 if backend == "reference" else TOLERANCE[dtype]
+        assert _relative_error(torch.cat(outputs, dim=1), o_seq) < tolerance, backend
+        assert _relative_error(fw, fw_seq) < tolerance, backend
+        torch.testing.assert_close(kv_write, (start_slots + steps) % window)
+
+
+def test_rollout_step_rejects_a_ring_smaller_than_the_window():
+    g = torch.Generator().manual_seed(0)
+    x = _randn(g, 2, 1, 1, 16)
+    ring = x.new_zeros(2, 3, 1, 16)
+    with pytest.raises(ValueError, match="fewer than window"):
+        kernels.synchronous_hqlt_step(
+            x, x, x, x[..., 0], x, x[:, :, 0, 0] > 0, x.new_zeros(2, 1, 16, 16), ring, ring, ring[..., 0, 0] > 0,
+            torch.zeros(2, dtype=torch.long, device=DEVICE), window=4, backend="triton",
+        )

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from hqlt.kernels import reference
+from hqlt.kernels import reference, rollout_step
 from hqlt.kernels.backend import BACKENDS, resolve_backend
+from hqlt.kernels.rollout_step import advance_ring
 
 
 def _triton_ops() -> dict[str, Callable]:
@@ -30,7 +31,7 @@ def _implementation(op: str, backend: str | None, like: Tensor) -> Callable:
             return ops[op]
         if backend == "triton":
             raise RuntimeError(f"op {op!r} has no Triton kernel; Triton ops: {', '.join(sorted(ops))}")
-    return getattr(reference, op)
+    return rollout_step.OPS[op] if op in rollout_step.OPS else getattr(reference, op)
 
 
 def delta_rule(
@@ -129,11 +130,43 @@ def synchronous_hqlt(
     )
 
 
+def synchronous_hqlt_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    gate: Tensor,
+    resets: Tensor,
+    fw_state: Tensor,
+    kv_keys: Tensor,
+    kv_values: Tensor,
+    kv_valid: Tensor,
+    kv_write: Tensor,
+    *,
+    window: int,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One rollout step of Synchronous HQLT for every env, on the memory's ring buffers, in place.
+
+    q, k, v, gate: `[B, 1, H, d]`; beta: `[B, 1, H]`; resets: bool `[B, 1]`; fw_state: `[B, H, d, d]` fp32
+    and kv_keys, kv_values: `[B, S, H, d]` (ring, slot order, S >= window) are updated in place;
+    kv_valid: bool `[B, S]` and kv_write: int64 `[B]` are read only (advance them once per step, after
+    the last layer, with `advance_ring`). Returns o `[B, 1, H, d]` and `fw_state`.
+    """
+    impl = _implementation("synchronous_hqlt_step", backend, q)
+    return impl(
+        q, k, v, beta, gate, resets, fw_state, kv_keys, kv_values, kv_valid, kv_write, window=window, scale=scale
+    )
+
+
 __all__ = [
     "BACKENDS",
+    "advance_ring",
     "delta_rule",
     "linear_attention",
     "resolve_backend",
     "synchronous_hqlt",
+    "synchronous_hqlt_step",
     "window_attention",
 ]

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hqlt.kernels.triton_delta_rule import delta_rule
+from hqlt.kernels.triton_rollout_step import synchronous_hqlt_step
 from hqlt.kernels.triton_synchronous_hqlt import synchronous_hqlt
 from hqlt.kernels.triton_window_attention import window_attention
 
 OPS: dict[str, Callable] = {
     "delta_rule": delta_rule,
     "synchronous_hqlt": synchronous_hqlt,
+    "synchronous_hqlt_step": synchronous_hqlt_step,
     "window_attention": window_attention,
 }

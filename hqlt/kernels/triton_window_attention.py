@@ -11,6 +11,8 @@ one for dk, dv (per key block), both recomputing the probabilities from the log-
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -22,8 +24,9 @@ from hqlt.kernels.triton_delta_rule import block_size, check_inputs, dot_precisi
 BLOCK = 64  # query and key rows per tile
 
 
+@functools.lru_cache(maxsize=None)
 def inverse_frequencies(head_dim: int, device: torch.device) -> Tensor:
-    """RoPE frequencies `[d/2]`, computed exactly as the reference does."""
+    """RoPE frequencies `[d/2]`, computed exactly as the reference does (cached: no launches per call)."""
     half = head_dim // 2
     return reference.ROPE_BASE ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
 

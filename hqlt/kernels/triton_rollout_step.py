@@ -1,0 +1,109 @@
+"""Fused rollout step of Synchronous HQLT in Triton: one launch per layer for all envs (same contract
+as `rollout_step.synchronous_hqlt_step`, state buffers updated in place).
+
+One program per (env, head): clear the memories on a reset, write (k, v) to the ring slot, apply
+the delta update to the fp32 fast weights and read them, attend over the ring (RoPE by ring
+distance: the keys are rotated by minus their distance, which equals rotating the query too), and
+mix both reads with the gate.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from hqlt.kernels.rollout_step import check_step_inputs
+from hqlt.kernels.triton_delta_rule import block_size, check_inputs, dot_precision, feature_map
+from hqlt.kernels.triton_window_attention import check_window_inputs, inverse_frequencies, rope
+
+
+@triton.jit
+def _step_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, gate_ptr, resets_ptr, fw_ptr, kv_keys_ptr, kv_values_ptr, kv_valid_ptr,
+    kv_write_ptr, inv_freq_ptr, o_ptr,
+    H, S, window, scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    b, h = pid // H, pid % H
+    cols = tl.arange(0, BLOCK_D)
+    slots = tl.arange(0, BLOCK_S)
+    col_ok = cols < D
+    token = pid * D + cols
+    q = tl.load(q_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + pid).to(tl.float32)
+    reset = tl.load(resets_ptr + b) != 0
+    write = tl.load(kv_write_ptr + b)
+
+    # Fast-weight memory: write (delta rule), then read.
+    fw_offsets = pid * D * D + cols[:, None] * D + cols[None, :]
+    fw_mask = col_ok[:, None] & col_ok[None, :]
+    fw = tl.load(fw_ptr + fw_offsets, mask=fw_mask, other=0.0)
+    fw = tl.where(reset, 0.0, fw)
+    kn = tl.sum(feature_map(k[None, :]), axis=0)
+    qn = tl.sum(feature_map(q[None, :]), axis=0)
+    prediction = tl.sum(kn[:, None] * fw, axis=0)
+    fw += kn[:, None] * (beta * (v - prediction))[None, :]
+    tl.store(fw_ptr + fw_offsets, fw, mask=fw_mask)
+    o_fw = tl.sum(qn[:, None] * fw, axis=0) * scale
+
+    # KV memory: the ring with this step's pair in slot `write`.
+    ring_offsets = ((b * S + slots[:, None]) * H + h) * D + cols[None, :]
+    ring_mask = (slots < S)[:, None] & col_ok[None, :]
+    current = (slots == write)[:, None]
+    keys = tl.where(current, k[None, :], tl.load(kv_keys_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
+    values = tl.where(current, v[None, :],
+                      tl.load(kv_values_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
+    slot_offsets = ((b * S + write) * H + h) * D + cols
+    tl.store(kv_keys_ptr + slot_offsets, k, mask=col_ok)
+    tl.store(kv_values_ptr + slot_offsets, v, mask=col_ok)
+    distance = (write - slots + S) % S
+    valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
+    allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
+    rotated = rope(keys, -distance.to(tl.float32), inv_freq_ptr, D, BLOCK_D, False, PREC)
+    scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
+    probs = tl.exp(scores - tl.max(scores, axis=0))
+    o_kv = tl.sum(probs[:, None] * values, axis=0) / tl.sum(probs, axis=0)
+    tl.store(o_ptr + token, gate * o_fw + (1.0 - gate) * o_kv, mask=col_ok)
+
+
+def synchronous_hqlt_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    gate: Tensor,
+    resets: Tensor,
+    fw_state: Tensor,
+    kv_keys: Tensor,
+    kv_values: Tensor,
+    kv_valid: Tensor,
+    kv_write: Tensor,
+    window: int,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Triton rollout step; shapes and in-place updates as in `rollout_step.synchronous_hqlt_step`.
+    Needs contiguous fp32 `fw_state` and contiguous ring buffers (they are updated in place)."""
+    check_step_inputs(q, kv_keys, kv_write, window)
+    check_inputs("synchronous_hqlt_step", q.dtype, (q.shape[-1],))
+    check_window_inputs("synchronous_hqlt_step", q, v, kv_keys, window)
+    if fw_state.dtype != torch.float32 or not (fw_state.is_contiguous() and kv_keys.is_contiguous()
+                                               and kv_values.is_contiguous()):
+        raise ValueError("synchronous_hqlt_step updates its state in place: fw_state must be contiguous fp32 and "
+                         "kv_keys/kv_values contiguous")
+    batch, _, heads, dim = q.shape
+    scale = dim**-0.5 if scale is None else scale
+    o = torch.empty_like(v)
+    _step_kernel[(batch * heads,)](
+        q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
+        fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), inverse_frequencies(dim, q.device),
+        o, heads, kv_keys.shape[1], window, scale,
+        D=dim, BLOCK_D=block_size(dim), BLOCK_S=block_size(kv_keys.shape[1]), PREC=dot_precision(q.dtype),
+        num_warps=4,
+    )
+    return o, fw_state
