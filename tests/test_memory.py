@@ -10,6 +10,9 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
+
+from hqlt.kernels.reference import LINEAR_ATTENTION_EPS, deltanet_feature_map, linear_attention_feature_map, rotary
 
 from hqlt.memory import CORE_NAMES, build_core, core_options
 
@@ -91,6 +94,7 @@ def test_sequence_equals_steps_and_splits(config_id):
     state = warm_state(core, generator)
     x = torch.randn(BATCH, STEPS, INPUT_DIM, generator=generator)
     resets = make_resets(STEPS, generator)
+    original = {name: value.clone() for name, value in state.items()}
     with torch.no_grad():
         sequence = core(x, state, resets)
 
@@ -104,6 +108,7 @@ def test_sequence_equals_steps_and_splits(config_id):
             y_head, mid_state = core(x[:, :split], state, resets[:, :split])
             y_tail, end_state = core(x[:, split:], mid_state, resets[:, split:])
             assert_same_run(sequence, (torch.cat([y_head, y_tail], dim=1), end_state), f"split at {split}")
+    assert all(torch.equal(state[name], original[name]) for name in state), "forward modified its input state"
 
 
 @pytest.mark.parametrize("config_id", list(CONFIGS))
@@ -144,6 +149,96 @@ def test_reset_removes_earlier_episode(config_id):
         assert_close(y_changed[:, 9:], y[:, 9:], "outputs after the reset")
         # The state left behind must not leak the earlier episode into later calls either.
         assert_close(core(after, state_changed, no_resets)[0], core(after, state, no_resets)[0], "next call")
+
+
+# ---------------------------------------------------------------------- semantics (DESIGN §3) by a per-step oracle
+
+
+def oracle_memories(mixer, q, k, v, beta, resets):
+    """One layer's o_FW and o_KV `[B, T, H, d]` from a fresh state, step by step and row by row, straight
+    from the definitions: the episode's history of tokens, softmax over the window (or the current chunk)
+    with RoPE at absolute positions, and the FW state written per blend (None where a memory is absent)."""
+    batch, steps, heads, head_dim = q.shape
+    window, blend, fw_memory = mixer.window, mixer.blend, mixer.fw_memory
+    o_fw = torch.zeros_like(q) if fw_memory else None
+    o_kv = torch.zeros_like(q) if window else None
+    for b in range(batch):
+        history, fw, normalizer = [], q.new_zeros(heads, head_dim, head_dim), q.new_zeros(heads, head_dim)
+
+        def write(j, strength):
+            nonlocal fw, normalizer
+            if fw_memory == "deltanet":
+                key = deltanet_feature_map(k[b, j])
+                error = v[b, j] - torch.einsum("hk,hkv->hv", key, fw)
+                fw = fw + strength[:, None, None] * key[:, :, None] * error[:, None, :]
+            else:
+                key = linear_attention_feature_map(k[b, j])
+                fw, normalizer = fw + key[:, :, None] * v[b, j][:, None, :], normalizer + key
+
+        def read(t):
+            if fw_memory == "deltanet":
+                return torch.einsum("hk,hkv->hv", deltanet_feature_map(q[b, t]), fw) / head_dim**0.5
+            query = linear_attention_feature_map(q[b, t])
+            denominator = (query * normalizer).sum(-1, keepdim=True) + LINEAR_ATTENTION_EPS
+            return torch.einsum("hk,hkv->hv", query, fw) / denominator
+
+        for t in range(steps):
+            if resets[b, t]:
+                history, fw, normalizer = [], torch.zeros_like(fw), torch.zeros_like(normalizer)
+            history.append(t)
+            if window:
+                visible = history[(len(history) - 1) // window * window :] if blend == "delayed_chunk" else history[-window:]
+                keys = rotary(k[b, visible][None], torch.tensor(visible))[0]
+                query = rotary(q[b, t][None, None], torch.tensor([t]))[0, 0]
+                weights = torch.softmax(torch.einsum("hd,lhd->hl", query, keys) / head_dim**0.5, dim=-1)
+                o_kv[b, t] = torch.einsum("hl,lhd->hd", weights, v[b, visible])
+            if not fw_memory:
+                continue
+            if window is None or blend == "synchronous":
+                write(t, beta[b, t] if fw_memory == "deltanet" else None)
+            elif blend == "delayed_stream" and len(history) > window:
+                write(history[-window - 1], beta[b, t] if fw_memory == "deltanet" else None)
+            o_fw[b, t] = read(t)
+            if blend == "delayed_chunk" and window and len(history) % window == 0:
+                for j in history[-window:]:
+                    write(j, beta[b, j] if fw_memory == "deltanet" else None)
+    return o_fw, o_kv
+
+
+def oracle_core(core, x, resets):
+    """The core's forward from a fresh state, with every memory computed by `oracle_memories`."""
+    h = core.input_proj(x)
+    for norm, mixer, feed_forward in zip(core.memory_norms, core.mixers, core.feed_forwards):
+        batch, steps, dim = h.shape
+        heads_shape = (batch, steps, mixer.num_heads, mixer.head_dim)
+        q, k, v, beta, gate = mixer.in_proj(norm(h)).split(mixer.split_sizes, dim=-1)
+        q, k, v = q.view(heads_shape), k.view(heads_shape), F.silu(v).view(heads_shape)
+        beta, gate = mixer.beta_scale * torch.sigmoid(beta), torch.sigmoid(gate)
+        o_fw, o_kv = oracle_memories(mixer, q, k, v, beta, resets)
+        if o_fw is None or o_kv is None:
+            o = o_kv if o_fw is None else o_fw
+        elif mixer.mixer == "sum":
+            o = o_fw + o_kv
+        elif mixer.mixer == "scalar":
+            o = mixer.mix_weights[0] * o_fw + mixer.mix_weights[1] * o_kv
+        elif mixer.mixer == "dynamic_scalar":
+            o = gate[..., : mixer.num_heads, None] * o_fw + gate[..., mixer.num_heads :, None] * o_kv
+        else:
+            o = gate.view(heads_shape) * o_fw + (1 - gate.view(heads_shape)) * o_kv
+        h = feed_forward(h + mixer.out_proj(mixer.head_norm(o).reshape(batch, steps, dim)))
+    return core.final_norm(h)
+
+
+@pytest.mark.parametrize("config_id", [c for c, (name, _) in CONFIGS.items() if name not in ("lstm", "gru", "mlp")])
+def test_attention_cores_follow_the_definitions(config_id):
+    core = make_core(config_id).double().eval()
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(BATCH, STEPS, INPUT_DIM, generator=generator, dtype=torch.float64)
+    resets = make_resets(STEPS, generator)
+    with torch.no_grad():
+        y, _ = core(x, core.initial_state(BATCH, dtype=torch.float64), resets)
+        expected = oracle_core(core, x, resets)
+    torch.testing.assert_close(y, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_registry_lists_every_core():
@@ -229,3 +324,55 @@ def test_reset_state_checks_done():
     core = make_core("lstm")
     with pytest.raises(ValueError, match=r"done must be a bool tensor of shape \[2\]"):
         core.reset_state(core.initial_state(2), torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("blend", "delayed", "unknown blend 'delayed'; valid choices: synchronous, delayed_stream, delayed_chunk"),
+        ("mixer", "gate", "unknown mixer 'gate'; valid choices: sum, scalar, dynamic_scalar, dynamic_vector"),
+        ("fw_memory", "lstm", "unknown fw_memory 'lstm'; valid choices: deltanet, linear_attention"),
+    ],
+)
+def test_unknown_hqlt_variant_lists_valid_choices(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_core("hqlt", input_dim=3, hidden_dim=8, num_heads=2, **{option: value})
+
+
+def test_hidden_dim_not_divisible_by_heads_fails():
+    with pytest.raises(ValueError, match="hidden_dim=10 is not divisible by num_heads=4"):
+        build_core("deltanet", input_dim=3, hidden_dim=10, num_heads=4)
+
+
+def test_odd_head_dim_fails_for_rope():
+    with pytest.raises(ValueError, match="head dim hidden_dim / num_heads = 3 is odd; RoPE needs an even head dim"):
+        build_core("transformer", input_dim=3, hidden_dim=6, num_heads=2)
+
+
+# ---------------------------------------------------------------------- diagnostics
+
+
+@pytest.mark.parametrize(
+    ("config_id", "expected"),
+    [
+        ("hqlt-synchronous-dynamic_vector-deltanet", {"gate_mean/layer0", "gate_mean/layer1", "fw_state_norm", "attention_entropy"}),
+        ("hqlt-delayed_chunk-dynamic_scalar-linear_attention", {"gate_mean/layer0", "gate_mean/layer1", "fw_state_norm", "attention_entropy"}),
+        ("hqlt-delayed_stream-sum-deltanet", {"fw_state_norm", "attention_entropy"}),
+        ("transformer", {"attention_entropy"}),
+        ("deltanet", {"fw_state_norm"}),
+    ],
+)
+def test_diagnostics_are_recorded_only_when_asked(config_id, expected):
+    core = make_core(config_id).eval()
+    generator = torch.Generator().manual_seed(7)
+    state, x, resets = core.initial_state(BATCH), torch.randn(BATCH, STEPS, INPUT_DIM, generator=generator), make_resets(STEPS, generator)
+    y, _ = core(x, state, resets)
+    assert core.last_diagnostics == {}
+    core.record_diagnostics = True
+    y_recorded, _ = core(x, state, resets)
+    diagnostics = core.last_diagnostics
+    assert set(diagnostics) == expected and torch.equal(y, y_recorded)
+    assert all(isinstance(value, float) and value == value for value in diagnostics.values())
+    assert all(0.0 < diagnostics[name] < 1.0 for name in expected if name.startswith("gate_mean"))
+    if "attention_entropy" in expected:
+        assert 0.0 < diagnostics["attention_entropy"] <= torch.log(torch.tensor(3.0)).item() + 1e-6

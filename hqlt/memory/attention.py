@@ -6,8 +6,9 @@ Per layer and token: q = W_q x, k = W_k x, v = SiLU(W_v x), beta = sigmoid(w_bet
 two outputs `[B, T, H, d]` are mixed, normalised per head, concatenated and projected by W_o.
 
 Blends (HQLT), all from the same q, k, v, beta:
-- synchronous: both memories take (k_t, v_t) at step t (the fused `synchronous_hqlt` op when the
-  mixer is dynamic_vector and the FW-memory DeltaNet);
+- synchronous: both memories take (k_t, v_t) at step t (with the dynamic_vector mixer and DeltaNet:
+  the fused `synchronous_hqlt` op, and in rollouts, i.e. single steps without gradients or
+  diagnostics, the fused `synchronous_hqlt_step` op on copies of the state);
 - delayed_stream: the pair leaving the KV window, (k_{t-S}, v_{t-S}), is written to the FW-memory at
   step t with beta_t, if it belongs to t's episode;
 - delayed_chunk: chunks of S steps from the episode start; attention within the current chunk; the
@@ -25,7 +26,7 @@ from hqlt import kernels
 from hqlt.kernels.reference import attention_entropy
 from hqlt.memory.blocks import FeedForwardBlock, rms_norm
 from hqlt.memory.core import MemoryCore, State
-from hqlt.memory.segment import Segment, build_segment, combine, take
+from hqlt.memory.segment import RingStep, Segment, build_ring_step, build_segment, combine, take
 
 BLENDS = ("synchronous", "delayed_stream", "delayed_chunk")
 MIXERS = ("sum", "scalar", "dynamic_scalar", "dynamic_vector")
@@ -84,17 +85,28 @@ class MemoryMixer(nn.Module):
         return state
 
     def forward(
-        self, x: Tensor, state: State, resets: Tensor, segment: Segment | None, diagnostics: dict[str, Tensor] | None
+        self, x: Tensor, state: State, resets: Tensor, segment: Segment | RingStep | None,
+        diagnostics: dict[str, Tensor] | None,
     ) -> tuple[Tensor, State]:
         """x: `[B, T, D]` (normalised layer input); state: this layer's; resets: bool `[B, T]`;
-        segment: the call's KV bookkeeping (None without KV-memory). Returns `[B, T, D]` and the new state.
-        Fills `diagnostics` (gate_mean, fw_state_norm, attention_entropy) when it is a dict."""
+        segment: the call's KV bookkeeping (a `RingStep` for the fused rollout step; None without
+        KV-memory). Returns `[B, T, D]` and the new state. Fills `diagnostics` (gate_mean,
+        fw_state_norm, attention_entropy) when it is a dict."""
         batch, steps, _ = x.shape
         heads_shape = (batch, steps, self.num_heads, self.head_dim)
         q, k, v, beta, gate = self.in_proj(x).split(self.split_sizes, dim=-1)
         q, k, v = q.view(heads_shape), k.view(heads_shape), F.silu(v).view(heads_shape)
         beta = self.beta_scale * torch.sigmoid(beta)
         gate = torch.sigmoid(gate)
+        if isinstance(segment, RingStep):
+            # The step op updates its buffers in place: give it copies, the caller's state stays valid.
+            new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in ("fw", "kv_keys", "kv_values")}
+            o, _ = kernels.synchronous_hqlt_step(
+                q, k, v, beta, gate.view(heads_shape), resets, new_state["fw"], new_state["kv_keys"], new_state["kv_values"],
+                segment.kv_valid, segment.kv_write, window=self.window, backend=self.backend,
+            )
+            return self.out_proj(self.head_norm(o).reshape(batch, steps, -1)), new_state
+
         new_state: State = {}
         cache_k = cache_v = None
         if self.window:
@@ -265,7 +277,11 @@ class AttentionCore(MemoryCore):
         return state
 
     def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
-        segment = build_segment(state, resets, self.window, self.blend) if self.window else None
+        rollout_step = self.mixers[0].fused and x.shape[1] == 1 and diagnostics is None and not torch.is_grad_enabled()
+        if rollout_step:
+            segment = build_ring_step(state, resets)
+        else:
+            segment = build_segment(state, resets, self.window, self.blend) if self.window else None
         new_state = dict(segment.next_state) if segment else {}
         layer_diagnostics = [] if diagnostics is not None else None
         h = self.input_proj(x)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hqlt.kernels import advance_ring
+
 
 def take(x: Tensor, index: Tensor) -> Tensor:
     """Per-row gather along time: x `[B, L, ...]`, index `[B, M]` -> `[B, M, ...]`."""
@@ -72,6 +74,23 @@ class Segment:
     def next_ring(self, cache: Tensor, new: Tensor) -> Tensor:
         """The ring after the call (slot order), from the chronological cache `[B, S, ...]` and new tokens `[B, T, ...]`."""
         return take(combine(cache, new), self.ring_sources)
+
+
+@dataclass(frozen=True)
+class RingStep:
+    """One rollout step through the in-place step op: the ring flags before the step (each layer's op
+    reads them) and the shared state after it."""
+
+    kv_valid: Tensor  # [B, S] slot order
+    kv_write: Tensor  # [B]
+    next_state: dict[str, Tensor]  # kv_valid, kv_write after the step
+
+
+def build_ring_step(state: dict[str, Tensor], resets: Tensor) -> RingStep:
+    """state holds `kv_valid [B, S]` and `kv_write [B]`; resets: bool `[B, 1]`. The inputs stay untouched."""
+    kv_valid, kv_write = state["kv_valid"].clone(), state["kv_write"].clone()
+    advance_ring(kv_valid, kv_write, resets)
+    return RingStep(state["kv_valid"], state["kv_write"], {"kv_valid": kv_valid, "kv_write": kv_write})
 
 
 def build_segment(state: dict[str, Tensor], resets: Tensor, window: int, blend: str) -> Segment:
