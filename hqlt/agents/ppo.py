@@ -103,8 +103,8 @@ def ppo_update(
             loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"PPO loss is {float(loss)} (policy {float(policy_loss)}, value {float(value_loss)}, "
-                    f"entropy {float(entropy_mean)})"
+                    f"PPO loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
+                    f"entropy {entropy_mean.item()})"
                 )
 
             # 6. Gradient step with the gradient norm clipped (and checked, like the loss).
@@ -112,7 +112,7 @@ def ppo_update(
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
-                raise NonFiniteLossError(f"gradient norm is {float(grad_norm)} at a finite loss {float(loss)}")
+                raise NonFiniteLossError(f"gradient norm is {grad_norm.item()} at a finite loss {loss.item()}")
             optimizer.step()
             stats["grad_norm"].append(grad_norm.item())
 

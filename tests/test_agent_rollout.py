@@ -1,0 +1,97 @@
+"""The learner sees what the actor saw: sequence-mode replay of a fresh rollout equals acting, for every core.
+
+CartPole without velocities gives episodes of random length, so rows reset at different steps
+(several boundaries per row), and a time limit adds truncations next to terminations.
+"""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import VectorWrapper
+
+from hqlt.agents import Collector, Policy, replay, training_sequences
+from hqlt.configs import compose, group_options
+from hqlt.envs import make_vector
+from hqlt.memory import build_core
+
+NUM_ENVS, ROLLOUT_LENGTH = 4, 48
+ENV_ID, TIME_LIMIT = "hqlt/CartPolePositionOnly-v0", 14
+
+
+class RecordFinalObs(VectorWrapper):
+    """Keeps every info["final_obs"] by step index, for checking the truncation bootstrap."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.final_obs = []
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = super().step(actions)
+        self.final_obs.append(info.get("final_obs"))
+        return obs, rewards, terminated, truncated, info
+
+
+def collect(memory: str, sequence_length: int, seed: int = 0):
+    torch.manual_seed(seed)
+    memory_cfg = compose([f"memory={memory}"]).memory
+    core = build_core(memory_cfg.core, input_dim=16, hidden_dim=32, **memory_cfg.options)
+    envs = RecordFinalObs(make_vector(ENV_ID, NUM_ENVS, seed, max_episode_steps=TIME_LIMIT))
+    policy = Policy(envs.single_observation_space, envs.single_action_space, core, head_dim=16)
+    collector = Collector(policy, envs, torch.device("cpu"), ROLLOUT_LENGTH, sequence_length)
+    collector.restart(seed)
+    collector.collect()  # a first rollout, so the second starts from a carried (non-fresh) state
+    envs.final_obs.clear()
+    rollout, episodes = collector.collect()
+    return policy, rollout, envs.final_obs
+
+
+@pytest.mark.parametrize("memory", group_options("memory"))
+def test_sequence_replay_matches_acting(memory):
+    policy, rollout, _ = collect(memory, sequence_length=ROLLOUT_LENGTH)
+    boundaries = rollout.resets[:, 1:].sum(dim=1)
+    assert (boundaries >= 2).all(), "every row should cross several episode boundaries"
+    assert rollout.terminated.any() and rollout.truncated.any()
+    zeros = torch.zeros_like(rollout.values)
+    with torch.no_grad():
+        log_probs, _, values = replay(policy, training_sequences(rollout, zeros, zeros))
+    torch.testing.assert_close(log_probs, rollout.log_probs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values, rollout.values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory", ["lstm", "hqlt"])
+def test_shorter_training_sequences_use_stored_states(memory):
+    policy, rollout, _ = collect(memory, sequence_length=ROLLOUT_LENGTH // 4)
+    zeros = torch.zeros_like(rollout.values)
+    batch = training_sequences(rollout, zeros, zeros)
+    assert batch.resets.shape == (NUM_ENVS * 4, ROLLOUT_LENGTH // 4)
+    with torch.no_grad():
+        log_probs, _, values = replay(policy, batch)
+    torch.testing.assert_close(log_probs.reshape(NUM_ENVS, ROLLOUT_LENGTH), rollout.log_probs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values.reshape(NUM_ENVS, ROLLOUT_LENGTH), rollout.values, rtol=1e-4, atol=1e-5)
+
+
+def test_truncated_episodes_bootstrap_from_the_final_obs_with_the_carried_state():
+    policy, rollout, final_obs = collect("lstm", sequence_length=ROLLOUT_LENGTH)
+    truncated = (rollout.truncated & ~rollout.terminated).nonzero().tolist()
+    assert truncated
+    assert (rollout.final_values[~rollout.truncated] == 0).all()
+    for env, step in truncated:
+        # Replay the row up to the truncated step, then one more step on the final observation
+        # with that step's action and reward as the previous inputs and no reset.
+        last_obs = torch.as_tensor(np.asarray(final_obs[step][env]))[None, None]
+        obs = torch.cat([rollout.obs[env : env + 1, : step + 1], last_obs], dim=1)
+        prev_actions = torch.cat([rollout.prev_actions[env : env + 1, : step + 1], rollout.actions[env : env + 1, step : step + 1]], 1)
+        prev_rewards = torch.cat([rollout.prev_rewards[env : env + 1, : step + 1], rollout.rewards[env : env + 1, step : step + 1]], 1)
+        resets = torch.cat([rollout.resets[env : env + 1, : step + 1], torch.zeros(1, 1, dtype=torch.bool)], 1)
+        state = {name: value[env : env + 1, 0] for name, value in rollout.states.items()}
+        with torch.no_grad():
+            _, values, _ = policy(obs, prev_actions, prev_rewards, state, resets)
+        assert rollout.final_values[env, step].item() == pytest.approx(values[0, -1].item(), rel=1e-4, abs=1e-5)
+
+
+def test_resets_follow_episode_ends_and_prev_inputs_are_the_last_action_and_reward():
+    _, rollout, _ = collect("gru", sequence_length=ROLLOUT_LENGTH)
+    ended = rollout.terminated | rollout.truncated
+    torch.testing.assert_close(rollout.resets[:, 1:], ended[:, :-1])
+    torch.testing.assert_close(rollout.prev_actions[:, 1:], rollout.actions[:, :-1])
+    torch.testing.assert_close(rollout.prev_rewards[:, 1:], rollout.rewards[:, :-1])
