@@ -111,7 +111,7 @@ class MemoryMixer(nn.Module):
         cache_k = cache_v = None
         if self.window:
             cache_k, cache_v = segment.chronological(state["kv_keys"]), segment.chronological(state["kv_values"])
-            new_state["kv_keys"], new_state["kv_values"] = segment.next_ring(cache_k, k), segment.next_ring(cache_v, v)
+            new_state["kv_keys"], new_state["kv_values"] = segment.next_ring(state["kv_keys"], k), segment.next_ring(state["kv_values"], v)
         if self.fused:
             o, new_state["fw"] = kernels.synchronous_hqlt(
                 q, k, v, beta, gate.view(heads_shape), resets, state["fw"], cache_k, cache_v, segment.attention_cache_valid,
@@ -156,7 +156,7 @@ class MemoryMixer(nn.Module):
             cache_beta = segment.chronological(state["kv_beta"])
             all_beta = combine(cache_beta, beta)
             slot_beta = chunks.interleave(all_beta, all_beta)
-            ring_beta = {"kv_beta": segment.next_ring(cache_beta, beta)}
+            ring_beta = {"kv_beta": segment.next_ring(state["kv_beta"], beta)}
         o, fw_state = self._fast_weight_op(
             chunks.interleave(all_q, all_q), chunks.interleave(all_k, all_k), chunks.interleave(all_v, all_v), slot_beta,
             chunks.slot_writes, chunks.slot_resets, state,

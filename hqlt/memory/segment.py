@@ -62,7 +62,7 @@ class Segment:
     cache_slots: Tensor  # [B, S] ring slot of chronological entry i
     attention_resets: Tensor  # [B, T] episode starts (and chunk starts for Delayed-Chunk) for window attention
     attention_cache_valid: Tensor  # [B, S] chronological: cached entries the new tokens may attend to
-    ring_sources: Tensor  # [B, S] for each ring slot after the call, its index in the combined sequence
+    write_slots: Tensor  # [B, min(T, S)] ring slots of the last min(T, S) new tokens
     next_state: dict[str, Tensor]  # the shared state after the call: kv_valid, kv_write (and chunk_step)
     delayed_writes: Tensor | None  # Delayed-Stream: [B, T] the pair leaving the window at t is written
     chunks: ChunkSchedule | None  # Delayed-Chunk
@@ -71,9 +71,11 @@ class Segment:
         """ring `[B, S, ...]` in slot order -> oldest first."""
         return take(ring, self.cache_slots)
 
-    def next_ring(self, cache: Tensor, new: Tensor) -> Tensor:
-        """The ring after the call (slot order), from the chronological cache `[B, S, ...]` and new tokens `[B, T, ...]`."""
-        return take(combine(cache, new), self.ring_sources)
+    def next_ring(self, ring: Tensor, new: Tensor) -> Tensor:
+        """The ring after the call (slot order) `[B, S, ...]`: `ring` with the new tokens `[B, T, ...]` written
+        in order from slot kv_write on (only the last S of them survive)."""
+        rows = torch.arange(ring.shape[0], device=ring.device)[:, None]
+        return ring.index_put((rows, self.write_slots), new[:, new.shape[1] - self.write_slots.shape[1] :])
 
 
 @dataclass(frozen=True)
@@ -104,17 +106,19 @@ def build_segment(state: dict[str, Tensor], resets: Tensor, window: int, blend: 
     cache_valid = state["kv_valid"][rows, cache_slots]
 
     episode = torch.cumsum(resets.long(), dim=1)  # [B, T] episode index within the call
-    combined_episode = combine(episode.new_zeros(batch, window), episode)
-    combined_valid = combine(cache_valid, resets.new_ones(batch, steps))
-    in_last_episode = combined_valid & (combined_episode == episode[:, -1:])
-    next_write = (kv_write + steps) % window
-    ring_sources = steps + (torch.arange(window, device=device) - next_write[:, None]) % window
-    next_state = {"kv_valid": in_last_episode[rows, ring_sources], "kv_write": next_write}
+    kept = min(steps, window)
+    write_slots = (kv_write[:, None] + torch.arange(steps - kept, steps, device=device)) % window
+    # Valid after the call: old entries if no episode started, new ones if of the last episode.
+    old_valid = state["kv_valid"] & ~resets.any(dim=1, keepdim=True)
+    new_valid = (episode == episode[:, -1:])[:, steps - kept :]
+    next_state = {"kv_valid": old_valid.index_put((rows, write_slots), new_valid), "kv_write": (kv_write + steps) % window}
 
     attention_resets, attention_cache_valid = resets, cache_valid
     delayed_writes = chunks = None
     if blend == "delayed_stream":
         # The pair leaving the window at step t is combined entry t; it is written if it is of t's episode.
+        combined_episode = combine(episode.new_zeros(batch, window), episode)
+        combined_valid = combine(cache_valid, resets.new_ones(batch, steps))
         delayed_writes = combined_valid[:, :steps] & (combined_episode[:, :steps] == episode)
     elif blend == "delayed_chunk":
         chunk_step = state["chunk_step"]
@@ -125,7 +129,7 @@ def build_segment(state: dict[str, Tensor], resets: Tensor, window: int, blend: 
         chunks = _chunk_schedule(attention_cache_valid, chunk_step, attention_resets, resets, window)
         next_state["chunk_step"] = (position[:, -1] + 1) % window
     return Segment(
-        window, resets, cache_slots, attention_resets, attention_cache_valid, ring_sources, next_state, delayed_writes, chunks
+        window, resets, cache_slots, attention_resets, attention_cache_valid, write_slots, next_state, delayed_writes, chunks
     )
 
 
