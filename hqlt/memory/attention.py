@@ -12,8 +12,9 @@ Blends (HQLT), all from the same q, k, v, beta:
 - delayed_stream: the pair leaving the KV window, (k_{t-S}, v_{t-S}), is written to the FW-memory at
   step t with beta_t, if it belongs to t's episode;
 - delayed_chunk: chunks of S steps from the episode start; attention within the current chunk; the
-  FW-memory is read as of the chunk start and absorbs a chunk when it completes. Exact and parallel:
-  one fast-weight call over an interleaved read/write sequence (see `segment.ChunkSchedule`).
+  FW-memory is read as of the chunk start and absorbs a chunk when it completes. Exact and parallel
+  (no loop): one fast-weight op call over an interleaved read/write sequence of 2 (S + T) tokens
+  (see `segment.ChunkSchedule`); the open chunk's keys, values and betas wait in the KV ring.
 """
 
 from __future__ import annotations
@@ -99,22 +100,38 @@ class MemoryMixer(nn.Module):
         beta = self.beta_scale * torch.sigmoid(beta)
         gate = torch.sigmoid(gate)
         if isinstance(segment, RingStep):
-            # The step op updates its buffers in place: give it copies, the caller's state stays valid.
-            new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in ("fw", "kv_keys", "kv_values")}
-            o, _ = kernels.synchronous_hqlt_step(
-                q, k, v, beta, gate.view(heads_shape), resets, new_state["fw"], new_state["kv_keys"], new_state["kv_values"],
-                segment.kv_valid, segment.kv_write, window=self.window, backend=self.backend,
-            )
-            return self.out_proj(self.head_norm(o).reshape(batch, steps, -1)), new_state
+            o, new_state = self._rollout_step(q, k, v, beta, gate.view(heads_shape), resets, state, segment)
+        else:
+            o, new_state = self._memories(q, k, v, beta, gate, resets, state, segment, diagnostics)
+        return self.out_proj(self.head_norm(o).reshape(batch, steps, -1)), new_state
 
+    def _rollout_step(
+        self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State, ring: RingStep
+    ) -> tuple[Tensor, State]:
+        """One step `[B, 1, H, d]` through the fused in-place step op. It updates its buffers in place, so it
+        gets copies: the caller's state stays valid."""
+        new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in ("fw", "kv_keys", "kv_values")}
+        o, _ = kernels.synchronous_hqlt_step(
+            q, k, v, beta, gate, resets, new_state["fw"], new_state["kv_keys"], new_state["kv_values"],
+            ring.kv_valid, ring.kv_write, window=self.window, backend=self.backend,
+        )
+        return o, new_state
+
+    def _memories(
+        self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State,
+        segment: Segment | None, diagnostics: dict[str, Tensor] | None,
+    ) -> tuple[Tensor, State]:
+        """The mixed memory output `[B, T, H, d]` and this layer's new state."""
         new_state: State = {}
         cache_k = cache_v = None
         if self.window:
-            cache_k, cache_v = segment.chronological(state["kv_keys"]), segment.chronological(state["kv_values"])
-            new_state["kv_keys"], new_state["kv_values"] = segment.next_ring(state["kv_keys"], k), segment.next_ring(state["kv_values"], v)
+            cache_k = segment.chronological(state["kv_keys"]).to(k.dtype)
+            cache_v = segment.chronological(state["kv_values"]).to(v.dtype)
+            new_state["kv_keys"] = segment.next_ring(state["kv_keys"], k)
+            new_state["kv_values"] = segment.next_ring(state["kv_values"], v)
         if self.fused:
             o, new_state["fw"] = kernels.synchronous_hqlt(
-                q, k, v, beta, gate.view(heads_shape), resets, state["fw"], cache_k, cache_v, segment.attention_cache_valid,
+                q, k, v, beta, gate.view(q.shape), resets, state["fw"], cache_k, cache_v, segment.attention_cache_valid,
                 window=self.window, chunk_size=self.chunk_size, backend=self.backend,
             )
         else:
@@ -128,12 +145,10 @@ class MemoryMixer(nn.Module):
                 o_fw, fw_state = self._fast_weights(q, k, v, beta, resets, state, segment, cache_k, cache_v)
                 new_state.update(fw_state)
             o = self._mix(o_fw, o_kv, gate)
-
         if diagnostics is not None:
             with torch.no_grad():
                 self._diagnose(diagnostics, q, k, gate, new_state, segment, cache_k)
-        y = self.head_norm(o).reshape(batch, steps, -1)
-        return self.out_proj(y), new_state
+        return o, new_state
 
     def _fast_weights(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: State, segment: Segment | None,
@@ -153,7 +168,7 @@ class MemoryMixer(nn.Module):
         all_k, all_v = combine(cache_k, k), combine(cache_v, v)
         slot_beta, ring_beta = None, {}
         if self.fw_memory == "deltanet":
-            cache_beta = segment.chronological(state["kv_beta"])
+            cache_beta = segment.chronological(state["kv_beta"]).to(beta.dtype)
             all_beta = combine(cache_beta, beta)
             slot_beta = chunks.interleave(all_beta, all_beta)
             ring_beta = {"kv_beta": segment.next_ring(state["kv_beta"], beta)}

@@ -39,8 +39,10 @@ class ChunkSchedule:
     (length L <= S) occupies 2L consecutive slots: first L *read* slots (the chunk's queries; no
     write), then L *write* slots (the chunk's keys and values, written only when the chunk is complete
     and alive). A fast-weight op, which writes then reads at every slot, therefore reads every query
-    against exactly the chunks completed before it. The layout has the fixed length 2 (S + T).
-    Cached entries older than the open chunk are dead (never written; their read slots are ignored).
+    against exactly the chunks completed before it. The layout has the fixed length 2 (S + T), known
+    without a host sync. Cached entries older than the open chunk are dead (never written; their read
+    slots are ignored). The price: the FW op runs over 2 (S + T) tokens instead of T, about twice the
+    work in sequence mode (T >> S), and O(S) instead of O(1) per step in step mode.
     """
 
     read_slots: Tensor  # [B, T] slot where new token t reads
@@ -75,7 +77,7 @@ class Segment:
         """The ring after the call (slot order) `[B, S, ...]`: `ring` with the new tokens `[B, T, ...]` written
         in order from slot kv_write on (only the last S of them survive)."""
         rows = torch.arange(ring.shape[0], device=ring.device)[:, None]
-        return ring.index_put((rows, self.write_slots), new[:, new.shape[1] - self.write_slots.shape[1] :])
+        return ring.index_put((rows, self.write_slots), new[:, new.shape[1] - self.write_slots.shape[1] :].to(ring.dtype))
 
 
 @dataclass(frozen=True)
