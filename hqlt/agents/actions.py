@@ -25,9 +25,9 @@ class ActionDistribution:
 
     def __init__(self, params: Tensor, nvec: tuple[int, ...] | None, log_std: Tensor | None = None) -> None:
         if nvec is not None:
-            self.parts = [Categorical(logits=logits) for logits in params.split(list(nvec), dim=-1)]
+            self.parts = [Categorical(logits=logits, validate_args=False) for logits in params.split(list(nvec), dim=-1)]
         else:
-            self.gaussian = Normal(params, log_std.expand_as(params).exp())
+            self.gaussian = Normal(params, log_std.expand_as(params).exp(), validate_args=False)
         self.nvec = nvec
 
     def sample(self) -> Tensor:

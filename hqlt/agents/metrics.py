@@ -29,6 +29,8 @@ UPDATE_TAGS = {
     "clip_fraction": "train/clip_fraction",
     "explained_variance": "train/explained_variance",
     "grad_norm": "train/grad_norm",
+    # max |log-prob of the learner's replay - the actor's| before the first gradient step: should be ~0
+    "replay_error": "train/replay_error",
 }
 
 # Memory diagnostics of the core (core.last_diagnostics) are logged as memory/<name>.

@@ -82,6 +82,8 @@ def ppo_update(
             log_ratio = log_probs - batch.log_probs
             ratio = log_ratio.exp()
             with torch.no_grad():
+                if not stats["replay_error"]:  # before the first step the learner must reproduce the actor
+                    stats["replay_error"].append(log_ratio.abs().max().item())
                 stats["approx_kl"].append(float(((ratio - 1) - log_ratio).mean()))
                 stats["clip_fraction"].append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
 

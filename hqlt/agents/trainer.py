@@ -37,8 +37,9 @@ from hqlt.memory import build_core
 
 # Evaluation envs draw their episodes from seeds far from the training envs'.
 EVAL_SEED_OFFSET = 1_000_000
-# Sequences replayed (without gradients) to record the core's memory diagnostics after each update.
-DIAGNOSTIC_SEQUENCES = 8
+# Every DIAGNOSTIC_INTERVAL updates, DIAGNOSTIC_SEQUENCES sequences are replayed without gradients to
+# record the core's memory diagnostics.
+DIAGNOSTIC_INTERVAL, DIAGNOSTIC_SEQUENCES = 10, 8
 # Config sections that define the model and the data; a resumed run must keep them.
 RESUME_FIXED = ("env", "memory", "agent", "seed")
 
@@ -231,8 +232,9 @@ class Trainer:
         for name, value in stats.items():
             self.writer.add_scalar(metrics.UPDATE_TAGS[name], value, self.global_step)
         self.writer.add_scalar(metrics.LEARNING_RATE, learning_rate, self.global_step)
-        for name, value in self._memory_diagnostics(rollout).items():
-            self.writer.add_scalar(metrics.MEMORY_PREFIX + name, value, self.global_step)
+        if self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates:
+            for name, value in self._memory_diagnostics(rollout).items():
+                self.writer.add_scalar(metrics.MEMORY_PREFIX + name, value, self.global_step)
 
         previous_step = self.global_step - self.steps_per_update
         if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:

@@ -1,0 +1,26 @@
+"""examples/drop_in.py (hqlt.memory inside a plain gymnasium loop) runs end to end."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drop_in.py"
+
+
+@pytest.mark.parametrize("core", ["lstm", "hqlt"])
+def test_drop_in_example_trains_briefly(core, capsys):
+    # One torch thread: with two, OpenMP spin-waits against the env stepping and a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("drop_in", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        final = module.main(["--core", core, "--steps", "1024", "--num-envs", "4", "--rollout", "32"])
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(final) and final > 0
+    assert "done: mean return" in capsys.readouterr().out
