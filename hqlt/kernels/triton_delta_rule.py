@@ -27,6 +27,15 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _L2_EPS = tl.constexpr(reference.L2_EPS)
 _SOLVE_BLOCK = tl.constexpr(16)  # diagonal blocks inverted by substitution; the rest by a Neumann product
+# Largest chunk x padded head dim whose tiles fit an H100's shared memory in every kernel here
+# (chunk 64 at head dim 64 needs up to ~260 KB of the 227 KB available).
+MAX_CHUNK_TILE = 32 * 64
+
+
+def kernel_chunk_size(chunk_size: int, *head_dims: int) -> int:
+    """The chunk the kernels run: the requested one, capped so the tiles fit (the chunkwise form is
+    exact for any chunk size, so this changes rounding only)."""
+    return max(16, min(chunk_size, MAX_CHUNK_TILE // max(block_size(d) for d in head_dims)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -306,6 +315,8 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, chun
         DK=dk, DV=dv_dim, CHUNK=chunk_size, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
         HAS_GATE=gate is not None, PREC=dot_precision(q.dtype),
         num_warps=8 if chunk_size * max(block_dk, block_dv) >= 64 * 64 else 4,
+        # Pipelining the chunk-start state load keeps 3 copies of it in shared memory: too many at head dim 128.
+        num_stages=1 if max(block_dk, block_dv) >= 128 else 3,
     )
     return (dq, dk_, dv, dbeta, dstate) + ((dgate,) if gate is not None else ())
 
@@ -348,5 +359,5 @@ def delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return DeltaRuleFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), resets.contiguous(),
-        state.float().contiguous(), scale, chunk_size,
+        state.float().contiguous(), scale, kernel_chunk_size(chunk_size, q.shape[-1], v.shape[-1]),
     )

@@ -127,5 +127,5 @@ def synchronous_hqlt(
     return SynchronousHQLTFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
         fw_state.float().contiguous(), cache_k.contiguous(), cache_v.contiguous(), cache_valid.contiguous(),
-        window, scale, chunk_size,
+        window, scale, triton_delta_rule.kernel_chunk_size(chunk_size, q.shape[-1]),
     )
