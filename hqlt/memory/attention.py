@@ -109,8 +109,10 @@ class MemoryMixer(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State, ring: RingStep
     ) -> tuple[Tensor, State]:
         """One step `[B, 1, H, d]` through the fused in-place step op. It updates its buffers in place, so it
-        gets copies: the caller's state stays valid."""
+        gets copies: the caller's state stays valid. It computes in the ring's dtype (e.g. fp32 under autocast)."""
         new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in ("fw", "kv_keys", "kv_values")}
+        dtype = new_state["kv_keys"].dtype
+        q, k, v, beta, gate = (tensor.to(dtype) for tensor in (q, k, v, beta, gate))
         o, _ = kernels.synchronous_hqlt_step(
             q, k, v, beta, gate, resets, new_state["fw"], new_state["kv_keys"], new_state["kv_values"],
             ring.kv_valid, ring.kv_write, window=self.window, backend=self.backend,
