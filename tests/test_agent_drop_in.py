@@ -10,17 +10,20 @@ import torch
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drop_in.py"
 
 
-@pytest.mark.parametrize("core", ["lstm", "hqlt"])
-def test_drop_in_example_trains_briefly(core, capsys):
-    # One torch thread: with two, OpenMP spin-waits against the env stepping and a shared CPU.
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("core", ["lstm", "hqlt"])
+def test_drop_in_example_trains_briefly(core, capsys):
     spec = importlib.util.spec_from_file_location("drop_in", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    try:
-        final = module.main(["--core", core, "--steps", "1024", "--num-envs", "4", "--rollout", "32"])
-    finally:
-        torch.set_num_threads(threads)
+    final = module.main(["--core", core, "--steps", "1024", "--num-envs", "4", "--rollout", "32"])
     assert math.isfinite(final) and final > 0
     assert "done: mean return" in capsys.readouterr().out
