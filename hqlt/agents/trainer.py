@@ -213,6 +213,8 @@ class Trainer:
         finally:
             bar.close()
             self.writer.close()
+            self.collector.envs.close()
+            self.eval_collector.envs.close()
         return summary
 
     def _train_one_update(self) -> None:
@@ -238,7 +240,7 @@ class Trainer:
 
         previous_step = self.global_step - self.steps_per_update
         if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:
-            self._log_eval(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+            self._log_summary(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
 
     # ------------------------------------------------------------------ logging
 
@@ -248,9 +250,9 @@ class Trainer:
         summary = summarize(episodes)
         self.recent_returns.extend(episodes.returns)
         self.recent_successes.extend(s for s in episodes.successes if not math.isnan(s))
-        self._log_eval(summary, metrics.EPISODE_RETURN, metrics.EPISODE_SUCCESS, metrics.EPISODE_LENGTH)
+        self._log_summary(summary, metrics.EPISODE_RETURN, metrics.EPISODE_SUCCESS, metrics.EPISODE_LENGTH)
 
-    def _log_eval(self, summary: dict[str, float], return_tag: str, success_tag: str, length_tag: str) -> None:
+    def _log_summary(self, summary: dict[str, float], return_tag: str, success_tag: str, length_tag: str) -> None:
         self.writer.add_scalar(return_tag, summary["return"], self.global_step)
         self.writer.add_scalar(length_tag, summary["length"], self.global_step)
         if not math.isnan(summary["success"]):
@@ -288,7 +290,7 @@ class Trainer:
             "eval_success": final["success"],
             "eval_length": final["length"],
         }
-        self._log_eval(final, metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+        self._log_summary(final, metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
         self._write_hparams(final)
         cfg = self.cfg
         print(

@@ -1,0 +1,118 @@
+"""The policy for every observation kind and action space: shapes, step mode equals sequence mode."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from hqlt.agents import Policy, train
+from hqlt.configs import compose
+from hqlt.memory import build_core
+
+OBSERVATIONS = {
+    "discrete": spaces.MultiDiscrete([4, 3]),
+    "box": spaces.Box(-1.0, 1.0, shape=(5,), dtype=np.float32),
+    "image": spaces.Box(0, 255, shape=(12, 12, 3), dtype=np.uint8),
+    "grid": spaces.MultiDiscrete(np.tile([11, 6, 3], (7, 7, 1))),
+}
+ACTIONS = {
+    "discrete": spaces.Discrete(3),
+    "multi_discrete": spaces.MultiDiscrete([2, 3]),
+    "box": spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sample(space: spaces.Space, batch: tuple[int, ...]) -> torch.Tensor:
+    values = np.stack([space.sample() for _ in range(int(np.prod(batch)))])
+    values = values.reshape(*batch, *values.shape[1:]) if values.ndim > 1 else values.reshape(*batch, 1)
+    return torch.as_tensor(values)
+
+
+@pytest.mark.parametrize("observation", OBSERVATIONS)
+@pytest.mark.parametrize("action", ACTIONS)
+def test_step_mode_equals_sequence_mode(observation, action):
+    torch.manual_seed(0)
+    obs_space, action_space = OBSERVATIONS[observation], ACTIONS[action]
+    obs_space.seed(0)
+    action_space.seed(0)
+    policy = Policy(obs_space, action_space, build_core("gru", input_dim=16, hidden_dim=16), head_dim=8)
+    batch, steps = 3, 6
+    obs = sample(obs_space, (batch, steps))
+    actions = sample(action_space, (batch, steps)).to(policy.action_head.action_dtype)
+    prev_actions = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+    prev_rewards = torch.randn(batch, steps)
+    resets = torch.zeros(batch, steps, dtype=torch.bool)
+    resets[:, 0] = True
+    resets[1, 3] = True
+    with torch.no_grad():
+        dist, values, _ = policy(obs, prev_actions, prev_rewards, policy.initial_state(batch), resets)
+        log_probs, entropy = dist.log_prob(actions), dist.entropy()
+        assert log_probs.shape == values.shape == entropy.shape == (batch, steps)
+        assert torch.isfinite(log_probs).all() and (entropy > 0).all()
+        state = policy.initial_state(batch)
+        for t in range(steps):
+            step_dist, step_values, state = policy(
+                obs[:, t : t + 1], prev_actions[:, t : t + 1], prev_rewards[:, t : t + 1], state, resets[:, t : t + 1]
+            )
+            torch.testing.assert_close(step_values[:, 0], values[:, t], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(step_dist.log_prob(actions[:, t : t + 1])[:, 0], log_probs[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_previous_action_and_reward_are_zeroed_at_episode_starts():
+    torch.manual_seed(0)
+    policy = Policy(OBSERVATIONS["box"], ACTIONS["discrete"], build_core("mlp", input_dim=8, hidden_dim=8), head_dim=8)
+    obs = torch.zeros(2, 1, 5)
+    starts = torch.ones(2, 1, dtype=torch.bool)
+    with torch.no_grad():
+        _, with_prev, _ = policy(obs, torch.tensor([[[2]], [[1]]]), torch.tensor([[5.0], [-3.0]]), policy.initial_state(2), starts)
+        _, without_prev, _ = policy(obs, torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(2, 1), policy.initial_state(2), starts)
+        _, continuing, _ = policy(obs, torch.tensor([[[2]], [[1]]]), torch.tensor([[5.0], [-3.0]]), policy.initial_state(2), ~starts)
+    torch.testing.assert_close(with_prev, without_prev)
+    assert not torch.allclose(continuing, without_prev)
+
+
+def test_actions_reach_the_env_in_its_own_format():
+    box = Policy(OBSERVATIONS["box"], ACTIONS["box"], build_core("mlp", input_dim=8, hidden_dim=8)).action_head
+    assert box.log_std is not None and box.log_std.shape == (2,)
+    np.testing.assert_array_equal(box.to_env(np.array([[3.0, -0.5]], dtype=np.float32)), [[1.0, -0.5]])
+    discrete = Policy(OBSERVATIONS["box"], spaces.Discrete(4, start=1), build_core("mlp", input_dim=8, hidden_dim=8))
+    np.testing.assert_array_equal(discrete.action_head.to_env(np.array([[0], [3]])), [1, 4])
+    multi = Policy(OBSERVATIONS["box"], ACTIONS["multi_discrete"], build_core("mlp", input_dim=8, hidden_dim=8))
+    np.testing.assert_array_equal(multi.action_head.to_env(np.array([[1, 2]])), [[1, 2]])
+
+
+@pytest.mark.parametrize(
+    "env, kind",
+    [
+        ("repeat_previous_easy", "discrete observations"),
+        ("minigrid_memory_s7", "grid observations"),
+        ("cartpole_position_only", "box observations"),
+    ],
+)
+def test_one_update_on_each_kind_of_env(env, kind, tmp_path):
+    cfg = compose(
+        [f"env={env}", "memory=lstm", "memory.hidden_dim=16", "agent.encoder_dim=16", "agent.num_envs=2",
+         "agent.rollout_length=8", "agent.num_minibatches=1", "agent.update_epochs=1", "total_steps=16",
+         "eval.episodes=1", "eval.num_envs=1", "progress=false", f"log_dir={tmp_path}"]
+    )
+    summary = train(cfg)
+    assert summary["global_step"] == 16, kind
+
+
+def test_box_actions_train(tmp_path):
+    cfg = compose(
+        ["env=cartpole_position_only", "env.id=hqlt/PendulumPositionOnly-v0", "env.name=pendulum", "memory=gru",
+         "memory.hidden_dim=16", "agent.encoder_dim=16", "agent.num_envs=2", "agent.rollout_length=8",
+         "agent.num_minibatches=1", "agent.update_epochs=1", "total_steps=16", "eval.episodes=1",
+         "eval.num_envs=1", "+env.kwargs.max_episode_steps=10", "progress=false", f"log_dir={tmp_path}"]
+    )
+    assert train(cfg)["global_step"] == 16
