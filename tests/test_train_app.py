@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from hqlt import compare
 from hqlt.agents import metrics
 from hqlt.configs import ConfigError, check_overrides, compose, group_options
 
@@ -48,7 +49,7 @@ def train_rl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_multirun_over_every_core_writes_the_listed_tags(tmp_path):
+def test_multirun_over_every_core_writes_the_listed_tags(tmp_path, capsys):
     cores = group_options("memory")
     assert len(cores) == 9
     result = train_rl("-m", f"memory={','.join(cores)}", *TINY, "log_dir=runs", cwd=tmp_path)
@@ -69,6 +70,16 @@ def test_multirun_over_every_core_writes_the_listed_tags(tmp_path):
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "step0000000032.pt"
     # Hydra writes no output directories of its own next to the user's files.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+    # python -m hqlt.compare runs/<env>: PNG curves and a final-score table with a row per core.
+    assert compare.main([str(tmp_path / "runs" / "tmaze_passive_2"), "--out", str(tmp_path / "plots")]) == 0
+    table = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "tmaze_passive_2_episode_return.png",
+        "tmaze_passive_2_episode_success.png",
+    ]
+    assert "| core | seeds | final return | final success |" in table
+    assert all(f"| {core} | 1 |" in table for core in cores)
 
 
 def test_bad_command_lines_fail_at_start_with_the_valid_choices(tmp_path):
