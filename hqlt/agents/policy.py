@@ -63,7 +63,7 @@ class Policy(nn.Module):
         y, state = self.core(self.mix(inputs), state, resets)
         return self.action_head(y), self.critic(y).squeeze(-1), state
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(
         self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor, greedy: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, State]:
@@ -77,7 +77,7 @@ class Policy(nn.Module):
         actions = dist.mode() if greedy else dist.sample()
         return actions[:, 0], dist.log_prob(actions)[:, 0], values[:, 0], state
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def value(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor) -> Tensor:
         """Values `[N]` of one step (shapes as in `act`); the state is left unchanged."""
         return self(obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None])[1][:, 0]
