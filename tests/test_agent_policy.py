@@ -80,6 +80,21 @@ def test_previous_action_and_reward_are_zeroed_at_episode_starts():
     assert not torch.allclose(continuing, without_prev)
 
 
+def test_one_hot_constants_are_buffers_outside_the_checkpoint():
+    """The one-hot offsets move with the module (no host-to-device copy per call, which would break
+    CUDA-graph capture of Policy.act) and stay out of the state dict (checkpoints unchanged)."""
+    from hqlt.agents.encoders import OneHot
+
+    one_hot = OneHot((4, 3))
+    assert [name for name, _ in one_hot.named_buffers()] == ["offsets"]
+    assert "offsets" not in one_hot.state_dict()
+    hot = one_hot(torch.tensor([[3, 0], [1, 2]]))
+    assert hot.tolist() == [[0, 0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0, 1]]
+    policy = Policy(OBSERVATIONS["grid"], ACTIONS["multi_discrete"], build_core("gru", input_dim=16, hidden_dim=16))
+    assert sum(name.endswith("offsets") for name, _ in policy.named_buffers()) == 2  # grid encoder, action head
+    assert not any(name.endswith("offsets") for name in policy.state_dict())
+
+
 def test_actions_reach_the_env_in_its_own_format():
     box = Policy(OBSERVATIONS["box"], ACTIONS["box"], build_core("mlp", input_dim=8, hidden_dim=8)).action_head
     assert box.log_std is not None and box.log_std.shape == (2,)

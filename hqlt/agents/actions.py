@@ -14,7 +14,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from hqlt.agents.encoders import one_hot_concat
+from hqlt.agents.encoders import OneHot
 
 
 class ActionDistribution:
@@ -67,7 +67,8 @@ class ActionHead(nn.Module):
             self.start = np.asarray(space.start)
             self.action_shape: tuple[int, ...] = (len(self.nvec),)
             self.action_dtype = torch.int64
-            self.input_dim = sum(self.nvec)
+            self.one_hot = OneHot(self.nvec)
+            self.input_dim = self.one_hot.out_dim
             num_params = sum(self.nvec)
             self.log_std = None
         elif isinstance(space, spaces.Box):
@@ -94,7 +95,7 @@ class ActionHead(nn.Module):
     def encode(self, actions: Tensor) -> Tensor:
         """actions `[..., *action_shape]` -> previous-action input `[..., input_dim]` (one-hot for discrete)."""
         if self.nvec is not None:
-            return one_hot_concat(actions, self.nvec)
+            return self.one_hot(actions)
         return actions.float()
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:

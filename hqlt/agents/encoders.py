@@ -17,23 +17,22 @@ from torch import Tensor, nn
 from hqlt.envs import SpaceSpec
 
 
-def one_hot_concat(values: Tensor, nvec: tuple[int, ...]) -> Tensor:
-    """values: int `[..., len(nvec)]` with element i in range(nvec[i]) -> float `[..., sum(nvec)]`."""
-    offsets = torch.tensor((0, *nvec[:-1]), device=values.device).cumsum(0)
-    hot = torch.zeros(*values.shape[:-1], sum(nvec), device=values.device)
-    return hot.scatter_(-1, values.long() + offsets, 1.0)
+class OneHot(nn.Module):
+    """One-hot of every element: int `[..., len(nvec)]` with element i in range(nvec[i]) -> float `[..., sum(nvec)]`.
 
-
-class DiscreteEncoder(nn.Module):
-    """One-hot of every element: int `[B, len(nvec)]` -> `[B, sum(nvec)]`."""
+    The offsets live in a buffer (moved with the module, not saved), so that a call makes no
+    host-to-device copy and can be captured in a CUDA graph.
+    """
 
     def __init__(self, nvec: tuple[int, ...]) -> None:
         super().__init__()
-        self.nvec = nvec
-        self.out_dim = sum(nvec)
+        self.nvec = tuple(nvec)
+        self.out_dim = sum(self.nvec)
+        self.register_buffer("offsets", torch.tensor((0, *self.nvec[:-1])).cumsum(0), persistent=False)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return one_hot_concat(obs, self.nvec)
+    def forward(self, values: Tensor) -> Tensor:
+        hot = torch.zeros(*values.shape[:-1], self.out_dim, device=values.device)
+        return hot.scatter_(-1, values.long() + self.offsets, 1.0)
 
 
 class BoxEncoder(nn.Module):
@@ -56,8 +55,8 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], one_hot_nvec: tuple[int, ...] | None, channels: int = 32) -> None:
         super().__init__()
-        self.one_hot_nvec = one_hot_nvec
-        in_channels = sum(one_hot_nvec) if one_hot_nvec is not None else shape[-1]
+        self.one_hot = OneHot(one_hot_nvec) if one_hot_nvec is not None else None
+        in_channels = self.one_hot.out_dim if self.one_hot is not None else shape[-1]
         stride = 1 if one_hot_nvec is not None else 2
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1),
@@ -70,8 +69,8 @@ class ConvEncoder(nn.Module):
             self.out_dim = self.net(torch.zeros(1, in_channels, *shape[:2])).shape[1]
 
     def forward(self, obs: Tensor) -> Tensor:
-        if self.one_hot_nvec is not None:
-            pixels = one_hot_concat(obs, self.one_hot_nvec)
+        if self.one_hot is not None:
+            pixels = self.one_hot(obs)
         else:
             pixels = obs.float() / 255.0
         return self.net(pixels.permute(0, 3, 1, 2))
@@ -80,7 +79,7 @@ class ConvEncoder(nn.Module):
 def build_encoder(spec: SpaceSpec) -> nn.Module:
     """The encoder for an observation space described by `describe_space`; it has `out_dim`."""
     if spec.kind == "discrete":
-        return DiscreteEncoder(spec.nvec)
+        return OneHot(spec.nvec)
     if spec.kind == "box":
         return BoxEncoder(spec.shape)
     if spec.kind == "image":
