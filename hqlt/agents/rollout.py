@@ -89,6 +89,12 @@ def training_sequences(rollout: Rollout, advantages: Tensor, returns: Tensor) ->
     )
 
 
+# Rollout fields filled per step: from the carry before the step, from the step, and the bootstrap values.
+CARRY_FIELDS = ("obs", "prev_actions", "prev_rewards", "resets")
+TRANSITION_FIELDS = ("actions", "log_probs", "values", "rewards", "terminated", "truncated")
+STEP_FIELDS = (*CARRY_FIELDS, *TRANSITION_FIELDS, "final_values")
+
+
 @dataclass
 class Transition:
     """What one step of N envs returned: actions `[N, *action_shape]`, log_probs/values/rewards `[N]`,
@@ -164,30 +170,34 @@ class Collector:
         return Transition(actions, log_probs, values, rewards, terminated, truncated, info)
 
     def collect(self) -> tuple[Rollout, EpisodeStats]:
-        """Steps every env `rollout_length` times; returns the rollout and the episodes that ended."""
-        rollout = self._allocate()
+        """Steps every env `rollout_length` times; returns the rollout and the episodes that ended.
+
+        Each step's tensors are kept in lists and stacked once at the end: one copy per field instead
+        of an indexed write per field and step.
+        """
+        steps: dict[str, list[Tensor]] = {name: [] for name in STEP_FIELDS}
+        states: list[State] = []
+        no_final_values = torch.zeros(self.num_envs, device=self.device)
         episodes = EpisodeStats([], [], [])
         for t in range(self.rollout_length):
             if t % self.sequence_length == 0:
-                for name, value in self.state.items():
-                    rollout.states[name][:, t // self.sequence_length] = value
-            rollout.obs[:, t] = self.obs
-            rollout.prev_actions[:, t] = self.prev_action
-            rollout.prev_rewards[:, t] = self.prev_reward
-            rollout.resets[:, t] = self.resets
+                states.append({name: value.clone() for name, value in self.state.items()})
+            for name, value in zip(CARRY_FIELDS, (self.obs, self.prev_action, self.prev_reward, self.resets)):
+                steps[name].append(value)
 
             step = self.step()
-            rollout.actions[:, t] = step.actions
-            rollout.log_probs[:, t] = step.log_probs
-            rollout.values[:, t] = step.values
-            rollout.rewards[:, t] = step.rewards
-            rollout.terminated[:, t] = step.terminated
-            rollout.truncated[:, t] = step.truncated
+            for name in TRANSITION_FIELDS:
+                steps[name].append(getattr(step, name))
             bootstrapped = step.truncated & ~step.terminated
-            if bootstrapped.any():
-                rollout.final_values[:, t] = self._final_values(step.info, bootstrapped)
+            final_values = self._final_values(step.info, bootstrapped) if bootstrapped.any() else no_final_values
+            steps["final_values"].append(final_values)
             episodes.extend(step.info)
-        rollout.next_values[:] = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        next_values = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        rollout = Rollout(
+            **{name: torch.stack(values, dim=1) for name, values in steps.items()},
+            next_values=next_values,
+            states={name: torch.stack([state[name] for state in states], dim=1) for name in self.state},
+        )
         return rollout, episodes
 
     def _final_values(self, info: dict, rows: Tensor) -> Tensor:
@@ -203,25 +213,3 @@ class Collector:
         values = torch.zeros(self.num_envs, device=self.device)
         values[index] = self.policy.value(final_obs, self.prev_action[index], self.prev_reward[index], state, no_reset)
         return values
-
-    def _allocate(self) -> Rollout:
-        n, t, device = self.num_envs, self.rollout_length, self.device
-        head = self.policy.action_head
-        floats = lambda: torch.zeros(n, t, device=device)  # noqa: E731
-        flags = lambda: torch.zeros(n, t, dtype=torch.bool, device=device)  # noqa: E731
-        num_cuts = t // self.sequence_length
-        return Rollout(
-            obs=torch.zeros(n, t, *self.obs.shape[1:], dtype=self.obs.dtype, device=device),
-            prev_actions=torch.zeros(n, t, *head.action_shape, dtype=head.action_dtype, device=device),
-            prev_rewards=floats(),
-            resets=flags(),
-            actions=torch.zeros(n, t, *head.action_shape, dtype=head.action_dtype, device=device),
-            log_probs=floats(),
-            values=floats(),
-            rewards=floats(),
-            terminated=flags(),
-            truncated=flags(),
-            final_values=floats(),
-            next_values=torch.zeros(n, device=device),
-            states={name: torch.zeros(n, num_cuts, *v.shape[1:], dtype=v.dtype, device=device) for name, v in self.state.items()},
-        )
