@@ -80,6 +80,26 @@ def test_previous_action_and_reward_are_zeroed_at_episode_starts():
     assert not torch.allclose(continuing, without_prev)
 
 
+def test_categorical_actions_match_torch_distributions():
+    """Sampling frequencies, log-probs and entropies of the written-out categoricals (two elements)."""
+    from torch.distributions import Categorical
+
+    from hqlt.agents.actions import ActionDistribution
+
+    torch.manual_seed(0)
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 0.5, -0.5])
+    reference = [Categorical(logits=logits[:4]), Categorical(logits=logits[4:])]
+    dist = ActionDistribution(logits.expand(20_000, 6), (4, 2))
+    actions = dist.sample()
+    for i, part in enumerate(reference):
+        frequencies = torch.bincount(actions[:, i], minlength=len(part.probs)) / len(actions)
+        assert torch.allclose(frequencies, part.probs, atol=0.015)
+    expected_log_prob = reference[0].log_prob(actions[:, 0]) + reference[1].log_prob(actions[:, 1])
+    assert torch.allclose(dist.log_prob(actions), expected_log_prob, atol=1e-6)
+    assert torch.allclose(dist.entropy(), reference[0].entropy() + reference[1].entropy(), atol=1e-6)
+    assert dist.mode()[0].tolist() == [2, 0]
+
+
 def test_one_hot_constants_are_buffers_outside_the_checkpoint():
     """The one-hot offsets move with the module (no host-to-device copy per call, which would break
     CUDA-graph capture of Policy.act) and stay out of the state dict (checkpoints unchanged)."""

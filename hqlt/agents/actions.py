@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Normal
 
 from hqlt.agents.encoders import OneHot
 
@@ -21,33 +21,37 @@ class ActionDistribution:
     """Independent categoricals (`logits` split by `nvec`) or a diagonal Gaussian (`mean`, `std`).
 
     All methods work on any leading dims `[...]`; log_prob and entropy sum over action elements.
+    The categoricals are written out (normalised log-probabilities, Gumbel-max sampling) rather than
+    built from torch.distributions.Categorical: a fifth of its cost per acting step.
     """
 
     def __init__(self, params: Tensor, nvec: tuple[int, ...] | None, log_std: Tensor | None = None) -> None:
         if nvec is not None:
-            self.parts = [Categorical(logits=logits, validate_args=False) for logits in params.split(list(nvec), dim=-1)]
+            self.log_probs = [logits.log_softmax(-1) for logits in params.split(list(nvec), dim=-1)]
         else:
             self.gaussian = Normal(params, log_std.expand_as(params).exp(), validate_args=False)
         self.nvec = nvec
 
     def sample(self) -> Tensor:
         if self.nvec is not None:
-            return torch.stack([part.sample() for part in self.parts], dim=-1)
+            # Gumbel-max: log p + Gumbel noise (-log of an Exp(1) draw) peaks at an exact sample.
+            noisy = [log_p - torch.empty_like(log_p).exponential_().log() for log_p in self.log_probs]
+            return torch.stack([values.argmax(-1) for values in noisy], dim=-1)
         return self.gaussian.sample()
 
     def mode(self) -> Tensor:
         if self.nvec is not None:
-            return torch.stack([part.logits.argmax(-1) for part in self.parts], dim=-1)
+            return torch.stack([log_p.argmax(-1) for log_p in self.log_probs], dim=-1)
         return self.gaussian.mean
 
     def log_prob(self, actions: Tensor) -> Tensor:
         if self.nvec is not None:
-            return sum(part.log_prob(actions[..., i]) for i, part in enumerate(self.parts))
+            return sum(log_p.gather(-1, actions[..., i, None])[..., 0] for i, log_p in enumerate(self.log_probs))
         return self.gaussian.log_prob(actions).sum(-1)
 
     def entropy(self) -> Tensor:
         if self.nvec is not None:
-            return sum(part.entropy() for part in self.parts)
+            return sum(-(log_p.exp() * log_p).sum(-1) for log_p in self.log_probs)
         return self.gaussian.entropy().sum(-1)
 
 
