@@ -14,6 +14,8 @@ pass walks the chunks in reverse from those states, recomputing everything else.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -27,15 +29,31 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _L2_EPS = tl.constexpr(reference.L2_EPS)
 _SOLVE_BLOCK = tl.constexpr(16)  # diagonal blocks inverted by substitution; the rest by a Neumann product
-# Largest chunk x padded head dim whose tiles fit an H100's shared memory in every kernel here
-# (chunk 64 at head dim 64 needs up to ~260 KB of the 227 KB available).
+# Largest chunk x padded head dim the chunk kernels run: larger tiles do not fit an H100's 227 KB of
+# shared memory (chunk 64 at head dim 64 needs 240 KB in the backward even unpipelined).
 MAX_CHUNK_TILE = 32 * 64
 
 
-def kernel_chunk_size(chunk_size: int, *head_dims: int) -> int:
-    """The chunk the kernels run: the requested one, capped so the tiles fit (the chunkwise form is
-    exact for any chunk size, so this changes rounding only)."""
-    return max(16, min(chunk_size, MAX_CHUNK_TILE // max(block_size(d) for d in head_dims)))
+@dataclass(frozen=True)
+class ChunkConfig:
+    """How the chunk-loop kernels of one op call launch (forward and backward walk the same chunks)."""
+
+    chunk: int  # the chunk the kernels run (the chunkwise form is exact for any chunk: rounding only)
+    num_stages: int  # software pipelining of the chunk loop: loads of the next chunks start early
+    num_warps: int = 4
+
+
+def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype) -> ChunkConfig:
+    """The launch of the delta-rule and fused Synchronous HQLT chunk kernels for `head_dims` (dk, dv)
+    and `dtype` inputs: the requested chunk, capped so that the tiles fit; pipelined (3 stages, i.e.
+    two more copies of each chunk's loaded tiles in shared memory) except beside fp32 [64, 64] chunk
+    products or a [128, 128] state, where the pipelined backward needs up to 283 KB of the H100's
+    227 KB (255 KB at head dim 32, chunk 64, fp32 under Triton 3.6). `tests/test_triton_resources.py`
+    compiles every resulting launch for sm_90 and checks its shared memory."""
+    block = max(block_size(d) for d in head_dims)
+    chunk = max(16, min(chunk_size, MAX_CHUNK_TILE // block))
+    crowded = block >= 128 or (chunk >= 64 and dtype == torch.float32)
+    return ChunkConfig(chunk=chunk, num_stages=1 if crowded else 3)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -275,7 +293,7 @@ def backward_kernel(
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: Tensor, scale: float,
-            chunk_size: int, store_chunk_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+            config: ChunkConfig, store_chunk_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Launch the forward kernel on contiguous inputs (q, k `[B, T, H, dk]`, v `[B, T, H, dv]`,
     beta `[B, T, H]`, resets `[B, T]`, fp32 state `[B, H, dk, dv]`).
     Returns o (dtype of v), the final state and, if asked, the chunk-start states `[B, H, NC, dk, dv]`."""
@@ -283,21 +301,22 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
     dv = v.shape[-1]
     o = torch.empty_like(v)
     final = torch.empty_like(state)
-    num_chunks = triton.cdiv(steps, chunk_size)
+    num_chunks = triton.cdiv(steps, config.chunk)
     chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if store_chunk_states else final
     _forward_kernel[(batch * heads,)](
         q, k, v, beta, resets, state, o, final, chunk_states, steps, heads, scale,
-        DK=dk, DV=dv, CHUNK=chunk_size, BLOCK_DK=block_size(dk), BLOCK_DV=block_size(dv),
-        STORE_CHUNK_STATES=store_chunk_states, PREC=dot_precision(q.dtype), num_warps=4,
+        DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), BLOCK_DV=block_size(dv),
+        STORE_CHUNK_STATES=store_chunk_states, PREC=dot_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, final, chunk_states if store_chunk_states else None
 
 
 def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, chunk_states: Tensor, do: Tensor,
-             dfinal: Tensor, scale: float, chunk_size: int, gate: Tensor | None = None,
+             dfinal: Tensor, scale: float, config: ChunkConfig, gate: Tensor | None = None,
              o_kv: Tensor | None = None, grad_dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
-    """Launch the backward kernel. Returns dq, dk, dv (in `grad_dtype`, default the inputs' dtypes),
-    dbeta, dstate (fp32) and, when `gate` is given (Synchronous HQLT), dgate."""
+    """Launch the backward kernel with the forward's `config`. Returns dq, dk, dv (in `grad_dtype`,
+    default the inputs' dtypes), dbeta, dstate (fp32) and, when `gate` is given (Synchronous HQLT), dgate."""
     batch, steps, heads, dk = q.shape
     dv_dim = v.shape[-1]
     dq = torch.empty_like(q, dtype=grad_dtype or q.dtype)
@@ -306,35 +325,32 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, chun
     dbeta = torch.empty_like(beta)
     dstate = torch.empty_like(dfinal)
     dgate = torch.empty_like(gate) if gate is not None else None
-    block_dk, block_dv = block_size(dk), block_size(dv_dim)
     backward_kernel[(batch * heads,)](
         q, k, v, beta, resets, chunk_states, do, dfinal,
         gate if gate is not None else do, o_kv if o_kv is not None else do,
         dq, dk_, dv, dbeta, dstate, dgate if dgate is not None else dq,
         steps, heads, scale,
-        DK=dk, DV=dv_dim, CHUNK=chunk_size, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
+        DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), BLOCK_DV=block_size(dv_dim),
         HAS_GATE=gate is not None, PREC=dot_precision(q.dtype),
-        num_warps=8 if chunk_size * max(block_dk, block_dv) >= 64 * 64 else 4,
-        # Pipelining the chunk-start state load keeps 3 copies of it in shared memory: too many at head dim 128.
-        num_stages=1 if max(block_dk, block_dv) >= 128 else 3,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return (dq, dk_, dv, dbeta, dstate) + ((dgate,) if gate is not None else ())
 
 
 class DeltaRuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, resets, state, scale, chunk_size):
+    def forward(ctx, q, k, v, beta, resets, state, scale, config):
         needs_grad = any(ctx.needs_input_grad)
-        o, final, chunk_states = forward(q, k, v, beta, resets, state, scale, chunk_size, needs_grad)
+        o, final, chunk_states = forward(q, k, v, beta, resets, state, scale, config, needs_grad)
         ctx.save_for_backward(q, k, v, beta, resets, chunk_states)
-        ctx.scale, ctx.chunk_size = scale, chunk_size
+        ctx.scale, ctx.config = scale, config
         return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
         q, k, v, beta, resets, chunk_states = ctx.saved_tensors
         dq, dk, dv, dbeta, dstate = backward(
-            q, k, v, beta, resets, chunk_states, do.contiguous(), dfinal.contiguous(), ctx.scale, ctx.chunk_size
+            q, k, v, beta, resets, chunk_states, do.contiguous(), dfinal.contiguous(), ctx.scale, ctx.config
         )
         return dq, dk, dv, dbeta, None, dstate, None, None
 
@@ -359,5 +375,5 @@ def delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return DeltaRuleFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), resets.contiguous(),
-        state.float().contiguous(), scale, kernel_chunk_size(chunk_size, q.shape[-1], v.shape[-1]),
+        state.float().contiguous(), scale, chunk_config(chunk_size, (q.shape[-1], v.shape[-1]), q.dtype),
     )

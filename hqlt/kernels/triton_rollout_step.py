@@ -2,9 +2,9 @@
 as `rollout_step.synchronous_hqlt_step`, state buffers updated in place).
 
 One program per (env, head): clear the memories on a reset, write (k, v) to the ring slot, apply
-the delta update to the fp32 fast weights and read them, attend over the ring (RoPE by ring
-distance: the keys are rotated by minus their distance, which equals rotating the query too), and
-mix both reads with the gate.
+the delta update to the fp32 fast weights and read them, attend over the ring block by block with
+an online softmax (RoPE by ring distance: the keys are rotated by minus their distance, which equals
+rotating the query too), and mix both reads with the gate.
 """
 
 from __future__ import annotations
@@ -18,6 +18,15 @@ from hqlt.kernels.rollout_step import check_step_inputs
 from hqlt.kernels.triton_delta_rule import block_size, check_inputs, dot_precision, feature_map
 from hqlt.kernels.triton_window_attention import check_window_inputs, inverse_frequencies, rope
 
+# Most ring slots x padded head dim attended per block: the block's keys and their RoPE product are
+# staged in shared memory (at head dim 128 fp32, 64 slots take 192 KB of the H100's 227 KB).
+MAX_RING_TILE = 32 * 128
+
+
+def ring_block(ring_size: int, head_dim: int) -> int:
+    """Ring slots the step kernel attends per block (it loops over the ring in blocks this size)."""
+    return min(block_size(ring_size), max(16, MAX_RING_TILE // block_size(head_dim)))
+
 
 @triton.jit
 def _step_kernel(
@@ -29,7 +38,6 @@ def _step_kernel(
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
     cols = tl.arange(0, BLOCK_D)
-    slots = tl.arange(0, BLOCK_S)
     col_ok = cols < D
     token = pid * D + cols
     q = tl.load(q_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
@@ -52,23 +60,34 @@ def _step_kernel(
     tl.store(fw_ptr + fw_offsets, fw, mask=fw_mask)
     o_fw = tl.sum(qn[:, None] * fw, axis=0) * scale
 
-    # KV memory: the ring with this step's pair in slot `write`.
-    ring_offsets = ((b * S + slots[:, None]) * H + h) * D + cols[None, :]
-    ring_mask = (slots < S)[:, None] & col_ok[None, :]
-    current = (slots == write)[:, None]
-    keys = tl.where(current, k[None, :], tl.load(kv_keys_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
-    values = tl.where(current, v[None, :],
-                      tl.load(kv_values_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
-    slot_offsets = ((b * S + write) * H + h) * D + cols
-    tl.store(kv_keys_ptr + slot_offsets, k, mask=col_ok)
-    tl.store(kv_values_ptr + slot_offsets, v, mask=col_ok)
-    distance = (write - slots + S) % S
-    valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
-    allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
-    rotated = rope(keys, -distance.to(tl.float32), inv_freq_ptr, D, BLOCK_D, False, PREC)
-    scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
-    probs = tl.exp(scores - tl.max(scores, axis=0))
-    o_kv = tl.sum(probs[:, None] * values, axis=0) / tl.sum(probs, axis=0)
+    # KV memory: the ring with this step's pair in slot `write`, BLOCK_S slots at a time.
+    tl.store(kv_keys_ptr + ((b * S + write) * H + h) * D + cols, k, mask=col_ok)
+    tl.store(kv_values_ptr + ((b * S + write) * H + h) * D + cols, v, mask=col_ok)
+    m_i = tl.full([], float("-inf"), tl.float32)
+    l_i = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, S, BLOCK_S):
+        slots = start + tl.arange(0, BLOCK_S)
+        ring_offsets = ((b * S + slots[:, None]) * H + h) * D + cols[None, :]
+        ring_mask = (slots < S)[:, None] & col_ok[None, :]
+        current = (slots == write)[:, None]
+        keys = tl.where(current, k[None, :],
+                        tl.load(kv_keys_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
+        values = tl.where(current, v[None, :],
+                          tl.load(kv_values_ptr + ring_offsets, mask=ring_mask, other=0.0).to(tl.float32))
+        distance = (write - slots + S) % S
+        valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
+        allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
+        rotated = rope(keys, -distance.to(tl.float32), inv_freq_ptr, D, BLOCK_D, False, PREC)
+        scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no allowed slot yet
+        probs = tl.exp(scores - m_safe)
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(probs, axis=0)
+        acc = acc * alpha + tl.sum(probs[:, None] * values, axis=0)
+        m_i = m_new
+    o_kv = acc / l_i  # slot `write` is always allowed, so l_i > 0
     tl.store(o_ptr + token, gate * o_fw + (1.0 - gate) * o_kv, mask=col_ok)
 
 
@@ -103,7 +122,7 @@ def synchronous_hqlt_step(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
         fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), inverse_frequencies(dim, q.device),
         o, heads, kv_keys.shape[1], window, scale,
-        D=dim, BLOCK_D=block_size(dim), BLOCK_S=block_size(kv_keys.shape[1]), PREC=dot_precision(q.dtype),
-        num_warps=4,
+        D=dim, BLOCK_D=block_size(dim), BLOCK_S=ring_block(kv_keys.shape[1], dim), PREC=dot_precision(q.dtype),
+        num_warps=4, num_stages=1,  # a walk of a block or two gains nothing from prefetching
     )
     return o, fw_state

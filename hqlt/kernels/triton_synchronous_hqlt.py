@@ -61,13 +61,13 @@ def _forward_kernel(
 
 class SynchronousHQLTFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid, window, scale, chunk_size):
+    def forward(ctx, q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid, window, scale, config):
         batch, steps, heads, dim = q.shape
         save = any(ctx.needs_input_grad)
         episode = episode_ids(resets)
         o = torch.empty_like(v)
         final = torch.empty_like(fw_state)
-        num_chunks = triton.cdiv(steps, chunk_size)
+        num_chunks = triton.cdiv(steps, config.chunk)
         o_kv = torch.empty(q.shape, device=q.device, dtype=torch.float32) if save else o
         lse = torch.empty(batch, heads, steps, device=q.device, dtype=torch.float32) if save else final
         chunk_states = fw_state.new_empty(batch, heads, num_chunks, dim, dim) if save else final
@@ -75,12 +75,12 @@ class SynchronousHQLTFunction(torch.autograd.Function):
             q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid, episode,
             inverse_frequencies(dim, q.device), o, o_kv, lse, final, chunk_states,
             steps, cache_k.shape[1], heads, window, scale,
-            D=dim, CHUNK=chunk_size, BLOCK_D=block_size(dim), SAVE_FOR_BACKWARD=save, PREC=dot_precision(q.dtype),
-            num_warps=4,
+            D=dim, CHUNK=config.chunk, BLOCK_D=block_size(dim), SAVE_FOR_BACKWARD=save, PREC=dot_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages,
         )
         ctx.save_for_backward(q, k, v, beta, gate, resets, cache_k, cache_v, cache_valid, episode, o_kv, lse,
                               chunk_states)
-        ctx.window, ctx.scale, ctx.chunk_size = window, scale, chunk_size
+        ctx.window, ctx.scale, ctx.config = window, scale, config
         return o, final
 
     @staticmethod
@@ -88,7 +88,7 @@ class SynchronousHQLTFunction(torch.autograd.Function):
         q, k, v, beta, gate, resets, cache_k, cache_v, cache_valid, episode, o_kv, lse, chunk_states = ctx.saved_tensors
         do = do.contiguous()
         dq_fw, dk_fw, dv_fw, dbeta, dstate, dgate = triton_delta_rule.backward(
-            q, k, v, beta, resets, chunk_states, do, dfinal.contiguous(), ctx.scale, ctx.chunk_size,
+            q, k, v, beta, resets, chunk_states, do, dfinal.contiguous(), ctx.scale, ctx.config,
             gate=gate, o_kv=o_kv, grad_dtype=torch.float32,
         )
         dq, dk, dv, dcache_k, dcache_v = triton_window_attention.backward(
@@ -127,5 +127,5 @@ def synchronous_hqlt(
     return SynchronousHQLTFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
         fw_state.float().contiguous(), cache_k.contiguous(), cache_v.contiguous(), cache_valid.contiguous(),
-        window, scale, triton_delta_rule.kernel_chunk_size(chunk_size, q.shape[-1]),
+        window, scale, triton_delta_rule.chunk_config(chunk_size, (q.shape[-1],), q.dtype),
     )

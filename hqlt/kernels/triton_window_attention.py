@@ -12,6 +12,7 @@ one for dk, dv (per key block), both recomputing the probabilities from the log-
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,7 +22,25 @@ from torch import Tensor
 from hqlt.kernels import reference
 from hqlt.kernels.triton_delta_rule import block_size, check_inputs, dot_precision
 
-BLOCK = 64  # query and key rows per tile
+# Most query/key rows x padded head dim per tile: at head dim 128, [64, 128] fp32 tiles with their
+# pipelined copies need up to 448 KB of the H100's 227 KB of shared memory.
+MAX_WINDOW_TILE = 64 * 64
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How the window-attention kernels launch: rows per query block and per key block, pipelining."""
+
+    block: int
+    num_stages: int = 3
+    num_warps: int = 4
+
+
+def window_config(head_dim: int) -> WindowConfig:
+    """Launch of the window-attention kernels for `head_dim` (the same for every input dtype: bf16
+    tiles are widened to fp32 before their products). `tests/test_triton_resources.py` compiles every
+    resulting launch for sm_90 and checks its shared memory."""
+    return WindowConfig(block=min(64, MAX_WINDOW_TILE // block_size(head_dim)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,14 +287,15 @@ def backward(q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, 
     delta = torch.empty_like(lse)
     has_gate = gate is not None
     dq_partial, dk_partial, dv_partial = partial if partial is not None else (dq, dk, dv)
-    common = dict(D=dim, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=block_size(dim), HAS_GATE=has_gate,
-                  PREC=dot_precision(q.dtype), num_warps=4)
+    config = window_config(dim)
+    common = dict(D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=has_gate,
+                  PREC=dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
     gate_arg = gate if has_gate else do
-    dq_kernel[(triton.cdiv(steps, BLOCK), batch * heads)](
+    dq_kernel[(triton.cdiv(steps, config.block), batch * heads)](
         q, k, v, cache_k, cache_v, cache_valid, episode, inv_freq, o, lse, do, gate_arg, dq_partial, dq, delta,
         steps, cached, heads, window, scale, **common,
     )
-    dkdv_kernel[(triton.cdiv(cached + steps, BLOCK), batch * heads)](
+    dkdv_kernel[(triton.cdiv(cached + steps, config.block), batch * heads)](
         q, k, v, cache_k, cache_v, cache_valid, episode, inv_freq, lse, delta, do, gate_arg, dk_partial, dv_partial,
         dk, dv, dcache_k, dcache_v, steps, cached, heads, window, scale, **common,
     )
@@ -289,10 +309,12 @@ class WindowAttentionFunction(torch.autograd.Function):
         episode = episode_ids(resets)
         o = torch.empty_like(v)
         lse = torch.empty(batch, heads, steps, device=q.device, dtype=torch.float32)
-        _forward_kernel[(triton.cdiv(steps, BLOCK), batch * heads)](
+        config = window_config(dim)
+        _forward_kernel[(triton.cdiv(steps, config.block), batch * heads)](
             q, k, v, cache_k, cache_v, cache_valid, episode, inverse_frequencies(dim, q.device), o, lse,
             steps, cache_k.shape[1], heads, window, scale,
-            D=dim, BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=block_size(dim), PREC=dot_precision(q.dtype), num_warps=4,
+            D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), PREC=dot_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages,
         )
         ctx.save_for_backward(q, k, v, cache_k, cache_v, cache_valid, episode, o, lse)
         ctx.window, ctx.scale = window, scale
