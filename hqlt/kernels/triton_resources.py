@@ -12,7 +12,8 @@ before LLVM and ptxas makes one launch cost about a second instead of tens.
     python -m hqlt.kernels.triton_resources --workers 2 --json   # the same as JSON lines (read by the tests)
     python -m hqlt.kernels.triton_resources --ptxas              # also registers and spills (full compiles)
 
-Must run without TRITON_INTERPRET (interpreted kernels are not compiled).
+Run it in a fresh process without TRITON_INTERPRET (interpreted kernels are not compiled, and the
+kernels' launch caches keep the stand-in target afterwards).
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ from triton.runtime.driver import driver
 H100 = GPUTarget("cuda", 90, 32)
 H100_SHARED_MEMORY = 232448  # bytes one block may use on sm_90 (227 KB)
 
-# What the memory cores can ask for (DESIGN: head dim = hidden / heads; windows of the presets and sweeps).
+# What the memory cores can ask for: head dim = hidden / heads, the rollout step's ring holds `window` slots.
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float32, torch.bfloat16)
 ROLLOUT_WINDOWS = (8, 16, 32, 64, 128)
-_HEADS, _STEPS, _WINDOW = 4, 128, 32  # H > 1 and T a multiple of 16, as in training (Triton specialises on both)
+# Triton specialises integer arguments on == 1 and on divisibility by 16: H > 1 as in every preset; T and the
+# cached steps S multiples of 16 (T=100 with S=40 gave every launch the same shared memory, checked once).
+_HEADS, _STEPS, _WINDOW = 4, 128, 32
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Launch:
 
 
 def all_cases() -> list[Case]:
+    """Every head dim, chunk size, dtype and pass of each op; every rollout window for the step op."""
     from hqlt.kernels.triton_delta_rule import CHUNK_SIZES
 
     cases = []
@@ -112,12 +116,9 @@ def _call(case: Case) -> None:
 
     op, d, dtype, window = triton_ops.OPS[case.op], case.head_dim, case.dtype, case.window
     steps = 1 if case.op == "synchronous_hqlt_step" else _STEPS
-    leaves = []
 
     def tensor(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-        t = torch.zeros(*shape, dtype=dtype, requires_grad=case.backward)
-        leaves.append(t)
-        return t
+        return torch.zeros(*shape, dtype=dtype, requires_grad=case.backward)
 
     q, k, v, gate = (tensor(1, steps, _HEADS, d) for _ in range(4))
     beta = tensor(1, steps, _HEADS)
@@ -127,7 +128,7 @@ def _call(case: Case) -> None:
         outputs = op(q, k, v, beta, resets, fw_state, chunk_size=case.chunk_size)
     elif case.op == "synchronous_hqlt_step":
         ring = [torch.zeros(1, window, _HEADS, d, dtype=dtype) for _ in range(2)]
-        outputs = op(q, k, v, beta, gate, resets, fw_state.detach(), *ring, torch.ones(1, window, dtype=torch.bool),
+        outputs = op(q, k, v, beta, gate, resets, fw_state, *ring, torch.ones(1, window, dtype=torch.bool),
                      torch.zeros(1, dtype=torch.long), window=window)
     else:
         cache_k, cache_v = tensor(1, window, _HEADS, d), tensor(1, window, _HEADS, d)
