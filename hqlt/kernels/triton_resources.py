@@ -20,23 +20,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import multiprocessing
 import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import triton
 from triton import knobs
 from triton._C.libtriton import ir, nvidia, passes
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptx_version_from_options, get_ptxas, sm_arch_from_capability
+from triton.backends.nvidia.compiler import get_ptx_version_from_options
 from triton.compiler.compiler import ASTSource, make_backend
 from triton.runtime.driver import driver
 
@@ -215,17 +213,17 @@ def shared_memory_bytes(launch: Launch) -> int:
 
 def ptxas_report(launch: Launch) -> dict[str, int]:
     """Full compilation for sm_90 (through ptxas; tens of seconds a launch): the kernel's `shared`
-    metadata, and the registers and spilled bytes that `ptxas -v` reports for its PTX."""
-    kernel = triton.compile(ASTSource(launch.kernel, launch.signature, launch.constants, launch.attrs), target=H100,
-                            options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
-    with tempfile.TemporaryDirectory() as folder:
-        ptx = Path(folder, "kernel.ptx")
-        ptx.write_text(kernel.asm["ptx"])
-        log = subprocess.run([get_ptxas(H100.arch).path, "-v", f"--gpu-name={sm_arch_from_capability(H100.arch)}",
-                              str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
-                             capture_output=True, text=True, check=True).stderr
-    registers = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    metadata, and the registers and spilled bytes that Triton's own `ptxas -v` run reports."""
+    previous = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    knobs.nvidia.dump_ptxas_log = knobs.compilation.always_compile = True  # printed; a cache hit would skip ptxas
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            kernel = triton.compile(ASTSource(launch.kernel, launch.signature, launch.constants, launch.attrs),
+                                    target=H100, options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = previous
+    registers = re.search(r"Used (\d+) registers", log.getvalue())
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
     return dict(compiled_shared=kernel.metadata.shared, registers=int(registers[1]),
                 spill_stores=int(spills[1]), spill_loads=int(spills[2]))
 
