@@ -15,6 +15,15 @@ from hqlt.kernels import reference, rollout_step
 from hqlt.kernels.backend import BACKENDS, resolve_backend
 from hqlt.kernels.rollout_step import advance_ring
 
+# The PyTorch implementation of every op: the CPU path and the oracle of the Triton kernels.
+REFERENCE_OPS: dict[str, Callable] = {
+    "delta_rule": reference.delta_rule,
+    "linear_attention": reference.linear_attention,
+    "window_attention": reference.window_attention,
+    "synchronous_hqlt": reference.synchronous_hqlt,
+    "synchronous_hqlt_step": rollout_step.synchronous_hqlt_step,
+}
+
 
 def _triton_ops() -> dict[str, Callable]:
     """Triton implementations, imported on first use so that CPU-only installs never load them."""
@@ -31,7 +40,7 @@ def _implementation(op: str, backend: str | None, like: Tensor) -> Callable:
             return ops[op]
         if backend == "triton":
             raise RuntimeError(f"op {op!r} has no Triton kernel; Triton ops: {', '.join(sorted(ops))}")
-    return rollout_step.OPS[op] if op in rollout_step.OPS else getattr(reference, op)
+    return REFERENCE_OPS[op]
 
 
 def delta_rule(
@@ -53,7 +62,7 @@ def delta_rule(
     Returns o `[B, T, H, dv]` (dtype of v) and the final state `[B, H, dk, dv]` fp32.
     """
     # A single step is a few batched ops; a chunk kernel launch only pays off on sequences.
-    impl = reference.delta_rule if q.shape[1] == 1 else _implementation("delta_rule", backend, q)
+    impl = REFERENCE_OPS["delta_rule"] if q.shape[1] == 1 else _implementation("delta_rule", backend, q)
     return impl(q, k, v, beta, resets, state, scale=scale, chunk_size=chunk_size)
 
 

@@ -72,5 +72,3 @@ def advance_ring(kv_valid: Tensor, kv_write: Tensor, resets: Tensor) -> None:
     kv_valid.scatter_(1, kv_write[:, None], True)
     kv_write.add_(1).remainder_(kv_valid.shape[1])
 
-
-OPS = {"synchronous_hqlt_step": synchronous_hqlt_step}
