@@ -8,7 +8,8 @@ two outputs `[B, T, H, d]` are mixed, normalised per head, concatenated and proj
 Blends (HQLT), all from the same q, k, v, beta:
 - synchronous: both memories take (k_t, v_t) at step t (with the dynamic_vector mixer and DeltaNet:
   the fused `synchronous_hqlt` op, and in rollouts, i.e. single steps without gradients or
-  diagnostics, the fused `synchronous_hqlt_step` op on copies of the state);
+  diagnostics, the fused `synchronous_hqlt_step` op: on the state itself with `in_place=True`, on
+  copies of it otherwise);
 - delayed_stream: the pair leaving the KV window, (k_{t-S}, v_{t-S}), is written to the FW-memory at
   step t with beta_t, if it belongs to t's episode;
 - delayed_chunk: chunks of S steps from the episode start; attention within the current chunk; the
@@ -87,12 +88,13 @@ class MemoryMixer(nn.Module):
 
     def forward(
         self, x: Tensor, state: State, resets: Tensor, segment: Segment | RingStep | None,
-        diagnostics: dict[str, Tensor] | None,
+        diagnostics: dict[str, Tensor] | None, in_place: bool,
     ) -> tuple[Tensor, State]:
         """x: `[B, T, D]` (normalised layer input); state: this layer's; resets: bool `[B, T]`;
         segment: the call's KV bookkeeping (a `RingStep` for the fused rollout step; None without
-        KV-memory). Returns `[B, T, D]` and the new state. Fills `diagnostics` (gate_mean,
-        fw_state_norm, attention_entropy) when it is a dict."""
+        KV-memory). Returns `[B, T, D]` and the new state; with `in_place`, the KV rings (and with the
+        fused step, every entry) are the given tensors, updated in place. Fills `diagnostics`
+        (gate_mean, fw_state_norm, attention_entropy) when it is a dict."""
         batch, steps, _ = x.shape
         heads_shape = (batch, steps, self.num_heads, self.head_dim)
         q, k, v, beta, gate = self.in_proj(x).split(self.split_sizes, dim=-1)
@@ -100,17 +102,23 @@ class MemoryMixer(nn.Module):
         beta = self.beta_scale * torch.sigmoid(beta)
         gate = torch.sigmoid(gate)
         if isinstance(segment, RingStep):
-            o, new_state = self._rollout_step(q, k, v, beta, gate.view(heads_shape), resets, state, segment)
+            o, new_state = self._rollout_step(q, k, v, beta, gate.view(heads_shape), resets, state, segment, in_place)
         else:
-            o, new_state = self._memories(q, k, v, beta, gate, resets, state, segment, diagnostics)
+            o, new_state = self._memories(q, k, v, beta, gate, resets, state, segment, diagnostics, in_place)
         return self.out_proj(self.head_norm(o).reshape(batch, steps, -1)), new_state
 
     def _rollout_step(
-        self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State, ring: RingStep
+        self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State, ring: RingStep,
+        in_place: bool,
     ) -> tuple[Tensor, State]:
-        """One step `[B, 1, H, d]` through the fused in-place step op. It updates its buffers in place, so it
-        gets copies: the caller's state stays valid. It computes in the ring's dtype (e.g. fp32 under autocast)."""
-        new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in ("fw", "kv_keys", "kv_values")}
+        """One step `[B, 1, H, d]` through the fused step op, which updates its buffers in place: the state's
+        own tensors with `in_place`, otherwise copies, so that the caller's state stays valid. It computes
+        in the ring's dtype (e.g. fp32 under autocast)."""
+        names = ("fw", "kv_keys", "kv_values")
+        if in_place:
+            new_state = {name: state[name] for name in names}
+        else:
+            new_state = {name: state[name].clone(memory_format=torch.contiguous_format) for name in names}
         dtype = new_state["kv_keys"].dtype
         q, k, v, beta, gate = (tensor.to(dtype) for tensor in (q, k, v, beta, gate))
         o, _ = kernels.synchronous_hqlt_step(
@@ -121,16 +129,17 @@ class MemoryMixer(nn.Module):
 
     def _memories(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, gate: Tensor, resets: Tensor, state: State,
-        segment: Segment | None, diagnostics: dict[str, Tensor] | None,
+        segment: Segment | None, diagnostics: dict[str, Tensor] | None, in_place: bool,
     ) -> tuple[Tensor, State]:
-        """The mixed memory output `[B, T, H, d]` and this layer's new state."""
+        """The mixed memory output `[B, T, H, d]` and this layer's new state (KV rings written in place
+        with `in_place`, after the cached entries are read)."""
         new_state: State = {}
         cache_k = cache_v = None
         if self.window:
             cache_k = segment.chronological(state["kv_keys"]).to(k.dtype)
             cache_v = segment.chronological(state["kv_values"]).to(v.dtype)
-            new_state["kv_keys"] = segment.next_ring(state["kv_keys"], k)
-            new_state["kv_values"] = segment.next_ring(state["kv_values"], v)
+            new_state["kv_keys"] = segment.next_ring(state["kv_keys"], k, in_place)
+            new_state["kv_values"] = segment.next_ring(state["kv_values"], v, in_place)
         if self.fused:
             o, new_state["fw"] = kernels.synchronous_hqlt(
                 q, k, v, beta, gate.view(q.shape), resets, state["fw"], cache_k, cache_v, segment.attention_cache_valid,
@@ -144,7 +153,7 @@ class MemoryMixer(nn.Module):
                     window=self.window, backend=self.backend,
                 )
             if self.fw_memory:
-                o_fw, fw_state = self._fast_weights(q, k, v, beta, resets, state, segment, cache_k, cache_v)
+                o_fw, fw_state = self._fast_weights(q, k, v, beta, resets, state, segment, cache_k, cache_v, in_place)
                 new_state.update(fw_state)
             o = self._mix(o_fw, o_kv, gate)
         if diagnostics is not None:
@@ -154,10 +163,11 @@ class MemoryMixer(nn.Module):
 
     def _fast_weights(
         self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: State, segment: Segment | None,
-        cache_k: Tensor | None, cache_v: Tensor | None,
+        cache_k: Tensor | None, cache_v: Tensor | None, in_place: bool,
     ) -> tuple[Tensor, State]:
         """The FW-memory's output `[B, T, H, d]` for this layer's blend and the state entries it updates.
-        cache_k, cache_v: the KV ring, chronological `[B, S, H, d]` (None without KV-memory)."""
+        cache_k, cache_v: the KV ring, chronological `[B, S, H, d]` (None without KV-memory); `in_place`
+        writes Delayed-Chunk's beta ring in place."""
         if self.window is None or self.blend == "synchronous":
             return self._fast_weight_op(q, k, v, beta, None, resets, state)
         steps = q.shape[1]
@@ -173,7 +183,7 @@ class MemoryMixer(nn.Module):
             cache_beta = segment.chronological(state["kv_beta"]).to(beta.dtype)
             all_beta = combine(cache_beta, beta)
             slot_beta = chunks.interleave(all_beta, all_beta)
-            ring_beta = {"kv_beta": segment.next_ring(state["kv_beta"], beta)}
+            ring_beta = {"kv_beta": segment.next_ring(state["kv_beta"], beta, in_place)}
         o, fw_state = self._fast_weight_op(
             chunks.interleave(all_q, all_q), chunks.interleave(all_k, all_k), chunks.interleave(all_v, all_v), slot_beta,
             chunks.slot_writes, chunks.slot_resets, state,
@@ -293,24 +303,35 @@ class AttentionCore(MemoryCore):
             state["chunk_step"] = torch.zeros(batch_size, device=device, dtype=torch.long)
         return state
 
-    def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
+    def _forward_in_place(
+        self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None
+    ) -> tuple[Tensor, State]:
+        return self._forward(x, state, resets, diagnostics, in_place=True)
+
+    def _forward(
+        self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None, in_place: bool = False
+    ) -> tuple[Tensor, State]:
+        """With `in_place`, the KV rings and (fused rollout step) every state entry are updated in place;
+        `MemoryCore.forward` copies the rest."""
         rollout_step = self.mixers[0].fused and x.shape[1] == 1 and diagnostics is None and not torch.is_grad_enabled()
         if rollout_step:
-            segment = build_ring_step(state, resets)
+            segment = build_ring_step(state, resets, in_place)
         else:
             segment = build_segment(state, resets, self.window, self.blend) if self.window else None
-        new_state = dict(segment.next_state) if segment else {}
+        new_state = dict(segment.next_state) if isinstance(segment, Segment) else {}
         layer_diagnostics = [] if diagnostics is not None else None
         h = self.input_proj(x)
         for i, (norm, mixer, feed_forward) in enumerate(zip(self.memory_norms, self.mixers, self.feed_forwards)):
             prefix = f"layer{i}."
             layer_state = {name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)}
             found = {} if diagnostics is not None else None
-            out, layer_state = mixer(norm(h), layer_state, resets, segment, found)
+            out, layer_state = mixer(norm(h), layer_state, resets, segment, found, in_place)
             h = feed_forward(h + self.dropout(out))
             new_state.update({prefix + name: value for name, value in layer_state.items()})
             if found is not None:
                 layer_diagnostics.append(found)
+        if isinstance(segment, RingStep):  # after the last layer: every layer's op reads the flags before the step
+            new_state.update(segment.advance())
         if diagnostics is not None:
             _summarise(diagnostics, layer_diagnostics)
         return self.final_norm(h), new_state

@@ -4,6 +4,16 @@ A core maps `x [B, T, input_dim]` and a state to `y [B, T, hidden_dim]` and the 
 `resets [B, T]` marking episode starts. T == 1 is step mode, T > 1 sequence mode; both give the
 same results. The state is a flat dict of batch-first tensors, so that a learner can index, store,
 detach and `torch.save` it without knowing the core.
+
+    y, new_state = core(x, state, resets)                 # functional: `state` stays as it was
+    y, state = core(x, state, resets, in_place=True)      # the tensors of `state` now hold the new state
+
+`in_place=True` is for acting (no gradients through the state): the call writes the new state into
+the given tensors and returns a dict of those same tensors, with the same values as the functional
+call. A rollout then never allocates state, and a captured CUDA graph of the step finds its state in
+its static buffers. Cores whose step updates a large state update it in place directly (the
+attention family's KV rings, and Synchronous HQLT's whole step through the fused step op); for any
+other entry `forward` copies the new value into the given tensor.
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ State = dict[str, Tensor]
 
 
 class MemoryCore(nn.Module, ABC):
-    """Base class: input checks, `reset_state` and the diagnostics switch.
+    """Base class: input checks, `reset_state`, the in-place switch and the diagnostics switch.
 
-    Subclasses implement `initial_state` and `_forward`. While `record_diagnostics` is True, every
+    Subclasses implement `initial_state` and `_forward` (and may override `_forward_in_place` to
+    update a large state without copies). While `record_diagnostics` is True, every
     forward also fills `last_diagnostics` (plain floats, computed without gradients); otherwise the
     forward pays nothing for them.
     """
@@ -43,17 +54,34 @@ class MemoryCore(nn.Module, ABC):
     def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
         """`forward` after the input checks; fills `diagnostics` when it is a dict."""
 
-    def forward(self, x: Tensor, state: Mapping[str, Tensor], resets: Tensor) -> tuple[Tensor, State]:
+    def _forward_in_place(
+        self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None
+    ) -> tuple[Tensor, State]:
+        """`_forward` for `in_place=True`: may update the tensors of `state` in place and return them;
+        `forward` copies every entry returned as a new tensor into the given one. Default: `_forward`."""
+        return self._forward(x, state, resets, diagnostics)
+
+    def forward(
+        self, x: Tensor, state: Mapping[str, Tensor], resets: Tensor, *, in_place: bool = False
+    ) -> tuple[Tensor, State]:
         """x: float `[B, T, input_dim]`; state: from `initial_state` or a previous call; resets: bool `[B, T]`.
 
-        Returns y `[B, T, hidden_dim]` and the state after step T-1.
+        Returns y `[B, T, hidden_dim]` and the state after step T-1: new tensors, or with `in_place`
+        the tensors of `state` holding the new values.
         """
         self._check_inputs(x, state, resets)
-        if not self.record_diagnostics:
-            return self._forward(x, dict(state), resets, None)
-        diagnostics: dict[str, Tensor] = {}
-        y, new_state = self._forward(x, dict(state), resets, diagnostics)
-        self.last_diagnostics = {name: float(value) for name, value in diagnostics.items()}
+        if in_place:
+            self._check_in_place(state)
+        run = self._forward_in_place if in_place else self._forward
+        diagnostics: dict[str, Tensor] | None = {} if self.record_diagnostics else None
+        y, new_state = run(x, dict(state), resets, diagnostics)
+        if diagnostics is not None:
+            self.last_diagnostics = {name: float(value) for name, value in diagnostics.items()}
+        if in_place:
+            for name, value in new_state.items():
+                if value is not state[name]:
+                    state[name].copy_(value)
+            new_state = dict(state)
         return y, new_state
 
     def reset_state(self, state: Mapping[str, Tensor], done: Tensor) -> State:
@@ -82,6 +110,13 @@ class MemoryCore(nn.Module, ABC):
         batch_size = self._check_state(state)
         if batch_size != x.shape[0]:
             raise ValueError(f"the state holds {batch_size} rows but x has batch size {x.shape[0]}")
+
+    def _check_in_place(self, state: Mapping[str, Tensor]) -> None:
+        if torch.is_grad_enabled() and any(value.requires_grad for value in state.values()):
+            raise ValueError(
+                "in_place=True writes the new state into the given tensors, which cannot require grad; "
+                "detach the state or call the core functionally (in_place=False)"
+            )
 
     def _check_state(self, state: Mapping[str, Tensor]) -> int:
         """Check that `state` belongs to this core; returns its batch size."""

@@ -73,28 +73,39 @@ class Segment:
         """ring `[B, S, ...]` in slot order -> oldest first."""
         return take(ring, self.cache_slots)
 
-    def next_ring(self, ring: Tensor, new: Tensor) -> Tensor:
+    def next_ring(self, ring: Tensor, new: Tensor, in_place: bool = False) -> Tensor:
         """The ring after the call (slot order) `[B, S, ...]`: `ring` with the new tokens `[B, T, ...]` written
-        in order from slot kv_write on (only the last S of them survive)."""
+        in order from slot kv_write on (only the last S of them survive); with `in_place`, written into
+        `ring` itself (read what the call needs of the old ring first)."""
         rows = torch.arange(ring.shape[0], device=ring.device)[:, None]
-        return ring.index_put((rows, self.write_slots), new[:, new.shape[1] - self.write_slots.shape[1] :].to(ring.dtype))
+        written = new[:, new.shape[1] - self.write_slots.shape[1] :].to(ring.dtype)
+        if in_place:
+            return ring.index_put_((rows, self.write_slots), written)
+        return ring.index_put((rows, self.write_slots), written)
 
 
 @dataclass(frozen=True)
 class RingStep:
-    """One rollout step through the in-place step op: the ring flags before the step (each layer's op
-    reads them) and the shared state after it."""
+    """One rollout step through the in-place step op: the ring flags before the step, which each layer's
+    op reads, and the step's resets; `advance` moves the flags on after the last layer."""
 
     kv_valid: Tensor  # [B, S] slot order
     kv_write: Tensor  # [B]
-    next_state: dict[str, Tensor]  # kv_valid, kv_write after the step
+    resets: Tensor  # [B, 1]
+
+    def advance(self) -> dict[str, Tensor]:
+        """Advances `kv_valid` and `kv_write` in place; returns them as the shared state after the step."""
+        advance_ring(self.kv_valid, self.kv_write, self.resets)
+        return {"kv_valid": self.kv_valid, "kv_write": self.kv_write}
 
 
-def build_ring_step(state: dict[str, Tensor], resets: Tensor) -> RingStep:
-    """state holds `kv_valid [B, S]` and `kv_write [B]`; resets: bool `[B, 1]`. The inputs stay untouched."""
-    kv_valid, kv_write = state["kv_valid"].clone(), state["kv_write"].clone()
-    advance_ring(kv_valid, kv_write, resets)
-    return RingStep(state["kv_valid"], state["kv_write"], {"kv_valid": kv_valid, "kv_write": kv_write})
+def build_ring_step(state: dict[str, Tensor], resets: Tensor, in_place: bool) -> RingStep:
+    """state holds `kv_valid [B, S]` and `kv_write [B]`; resets: bool `[B, 1]`. The step advances these
+    tensors themselves with `in_place`, copies of them otherwise (the inputs stay untouched)."""
+    kv_valid, kv_write = state["kv_valid"], state["kv_write"]
+    if not in_place:
+        kv_valid, kv_write = kv_valid.clone(), kv_write.clone()
+    return RingStep(kv_valid, kv_write, resets)
 
 
 def build_segment(state: dict[str, Tensor], resets: Tensor, window: int, blend: str) -> Segment:
