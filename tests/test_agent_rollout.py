@@ -4,12 +4,15 @@ CartPole without velocities gives episodes of random length, so rows reset at di
 (several boundaries per row), and a time limit adds truncations next to terminations.
 """
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
 from gymnasium.vector import VectorWrapper
 
 from hqlt.agents import Collector, Policy, replay, training_sequences
+from hqlt.agents.rollout import Rollout, to_device
 from hqlt.configs import compose, group_options
 from hqlt.envs import make_vector
 from hqlt.memory import build_core
@@ -40,17 +43,19 @@ class RecordFinalObs(VectorWrapper):
         return obs, rewards, terminated, truncated, info
 
 
-def collect(memory: str, sequence_length: int, seed: int = 0):
+def collect(memory: str, sequence_length: int, seed: int = 0, capture: bool = False, return_collector: bool = False):
     torch.manual_seed(seed)
     memory_cfg = compose([f"memory={memory}"]).memory
     core = build_core(memory_cfg.core, input_dim=16, hidden_dim=32, **memory_cfg.options)
     envs = RecordFinalObs(make_vector(ENV_ID, NUM_ENVS, seed, max_episode_steps=TIME_LIMIT))
     policy = Policy(envs.single_observation_space, envs.single_action_space, core, head_dim=16)
-    collector = Collector(policy, envs, torch.device("cpu"), ROLLOUT_LENGTH, sequence_length)
+    collector = Collector(policy, envs, torch.device("cpu"), ROLLOUT_LENGTH, sequence_length, capture=capture)
     collector.restart(seed)
     collector.collect()  # a first rollout, so the second starts from a carried (non-fresh) state
     envs.final_obs.clear()
     rollout, episodes = collector.collect()
+    if return_collector:
+        return collector, rollout
     return policy, rollout, envs.final_obs
 
 
@@ -104,3 +109,38 @@ def test_resets_follow_episode_ends_and_prev_inputs_are_the_last_action_and_rewa
     torch.testing.assert_close(rollout.resets[:, 1:], ended[:, :-1])
     torch.testing.assert_close(rollout.prev_actions[:, 1:], rollout.actions[:, :-1])
     torch.testing.assert_close(rollout.prev_rewards[:, 1:], rollout.rewards[:, :-1])
+
+
+@pytest.mark.parametrize("memory", group_options("memory"))
+def test_the_capture_protocol_collects_the_same_rollout(memory):
+    """`Collector(capture=True)` on the CPU: `Policy.act` through `CapturedStep(graph=False)`, the state
+    stepped in place in the step's buffers and the step's outputs reused, as under a CUDA graph. Same
+    seeds give the same rollout as functional acting: every field, the stored states and the
+    bootstrapped final values (so nothing that outlives a step was left in a reused buffer)."""
+    reference_collector, reference = collect(memory, sequence_length=ROLLOUT_LENGTH // 2, return_collector=True)
+    collector, rollout = collect(memory, sequence_length=ROLLOUT_LENGTH // 2, capture=True, return_collector=True)
+    assert (rollout.truncated & ~rollout.terminated).any(), "the rollout should bootstrap truncated episodes"
+    for field in fields(Rollout):
+        if field.name != "states":
+            torch.testing.assert_close(getattr(rollout, field.name), getattr(reference, field.name), msg=field.name)
+    for name in reference.states:
+        torch.testing.assert_close(rollout.states[name], reference.states[name], msg=f"states[{name!r}]")
+    for name in reference_collector.state:
+        torch.testing.assert_close(collector.state[name], reference_collector.state[name], msg=f"carried state[{name!r}]")
+    step = collector._captured_steps[False]
+    assert all(collector.state[name] is step.inputs[3][name] for name in collector.state), "the carried state is not the step's buffers"
+
+
+def test_to_device_packs_arrays_of_every_dtype_into_one_copy():
+    arrays = [
+        np.arange(7, dtype=np.uint8).reshape(7, 1),  # odd byte counts shift the next array's offset
+        np.array([1.5, -2.0, 3.25], dtype=np.float32),
+        np.array([True, False, True]),
+        np.arange(6, dtype=np.int64).reshape(2, 3) - 3,
+        np.zeros((2, 2, 3), dtype=np.float64) + 0.5,
+    ]
+    moved = to_device(arrays, torch.device("cpu"))
+    for array, tensor in zip(arrays, moved):
+        assert tensor.dtype == torch.from_numpy(array).dtype and tuple(tensor.shape) == array.shape
+        np.testing.assert_array_equal(tensor.numpy(), array)
+    assert len({tensor.untyped_storage().data_ptr() for tensor in moved}) == 1, "one buffer for all arrays"

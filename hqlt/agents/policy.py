@@ -48,11 +48,12 @@ class Policy(nn.Module):
         return self.core.initial_state(batch_size, device=device)
 
     def forward(
-        self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor
+        self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
     ) -> tuple[ActionDistribution, Tensor, State]:
         """obs `[B, T, *obs_shape]`, prev_actions `[B, T, *action_shape]`, prev_rewards `[B, T]`, resets bool `[B, T]`.
 
-        Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1.
+        Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1
+        (written into `state`'s tensors with `in_place`, see `MemoryCore`).
         """
         batch, steps = resets.shape
         features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)
@@ -60,20 +61,24 @@ class Policy(nn.Module):
         inputs = torch.cat(
             [features, self.action_head.encode(prev_actions) * carried, prev_rewards.unsqueeze(-1) * carried], dim=-1
         )
-        y, state = self.core(self.mix(inputs), state, resets)
+        y, state = self.core(self.mix(inputs), state, resets, in_place=in_place)
         return self.action_head(y), self.critic(y).squeeze(-1), state
 
     @torch.inference_mode()
     def act(
-        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor, greedy: bool = False
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor, greedy: bool = False,
+        in_place: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, State]:
         """One step of N envs (step mode): obs `[N, *obs_shape]`, prev_action `[N, *action_shape]`,
         prev_reward `[N]`, resets bool `[N]`.
 
-        Returns actions `[N, *action_shape]`, their log-probs `[N]`, values `[N]` and the next state.
-        The rollout's only policy call per step, so that a captured (CUDA-graph) version can replace it.
+        Returns actions `[N, *action_shape]`, their log-probs `[N]`, values `[N]` and the next state
+        (with `in_place`: `state`'s own tensors, updated). The rollout's only policy call per step, so
+        that a captured (CUDA-graph) version can replace it.
         """
-        dist, values, state = self(obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None])
+        dist, values, state = self(
+            obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None], in_place=in_place
+        )
         actions = dist.mode() if greedy else dist.sample()
         return actions[:, 0], dist.log_prob(actions)[:, 0], values[:, 0], state
 

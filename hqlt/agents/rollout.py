@@ -8,6 +8,8 @@ state of those rows itself, so no dummy transitions enter the buffer.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -16,6 +18,7 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from hqlt.agents.policy import Policy
+from hqlt.kernels.cuda_graph import CapturedStep
 from hqlt.memory import State
 
 
@@ -98,7 +101,8 @@ STEP_FIELDS = (*CARRY_FIELDS, *TRANSITION_FIELDS, "final_values")
 @dataclass
 class Transition:
     """What one step of N envs returned: actions `[N, *action_shape]`, log_probs/values/rewards `[N]`,
-    terminated/truncated bool `[N]`, and the vector env's info dict."""
+    terminated/truncated bool `[N]`, the vector env's info dict, and on the host the envs whose value
+    bootstraps from info["final_obs"] (truncated, not terminated; numpy bool `[N]`)."""
 
     actions: Tensor
     log_probs: Tensor
@@ -107,6 +111,7 @@ class Transition:
     terminated: Tensor
     truncated: Tensor
     info: dict
+    bootstrapped: np.ndarray
 
 
 @dataclass
@@ -127,16 +132,44 @@ class EpisodeStats:
         self.successes += info["episode"]["success"][done].tolist()
 
 
+# Byte alignment of each array in the packed host-to-device buffer (the widest dtype's size).
+PACK_ALIGNMENT = 8
+
+
+def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """Host arrays as tensors on `device` (same dtypes and shapes) in one host-to-device copy: packed into
+    one byte buffer, pinned on CUDA so that the copy is asynchronous. Each call has its own buffer, which
+    torch's pinned-memory cache reuses only once the copy out of it is done."""
+    arrays = [np.ascontiguousarray(array) for array in arrays]
+    offsets = np.cumsum([0] + [-(-array.nbytes // PACK_ALIGNMENT) * PACK_ALIGNMENT for array in arrays])
+    packed = torch.empty(int(offsets[-1]), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    packed_bytes = packed.numpy()
+    for array, offset in zip(arrays, offsets):
+        packed_bytes[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)
+    moved = packed.to(device, non_blocking=True)
+    return [
+        moved[offset : offset + array.nbytes].view(torch.from_numpy(array[:0]).dtype).view(array.shape)
+        for array, offset in zip(arrays, offsets)
+    ]
+
+
 class Collector:
     """Collects rollouts of `rollout_length` steps from `envs` with `policy`, on `device`.
 
     `sequence_length` decides where the core state is stored for training (every L steps).
-    Observations, rewards and flags cross from host to device once per step for all envs, and
-    actions once back.
+    Observations, rewards and flags cross from host to device in one copy per step for all envs,
+    and actions once back; the episode flags are read on the host, so a step never waits on the device.
+
+    `capture` (default: on CUDA) runs `Policy.act` through a `CapturedStep`, one per `greedy` value: a
+    CUDA graph on CUDA, the same protocol run eagerly elsewhere. The policy then steps the memory state
+    in place in the step's buffers, which stay the carried state; only what outlives a step is copied
+    (its actions, log-probs and values, and the states stored at sequence starts). Without `capture`
+    each step returns a new state.
     """
 
     def __init__(
-        self, policy: Policy, envs: VectorEnv, device: torch.device, rollout_length: int, sequence_length: int
+        self, policy: Policy, envs: VectorEnv, device: torch.device, rollout_length: int, sequence_length: int,
+        capture: bool | None = None,
     ) -> None:
         self.policy = policy
         self.envs = envs
@@ -144,12 +177,14 @@ class Collector:
         self.rollout_length = rollout_length
         self.sequence_length = sequence_length
         self.num_envs = envs.num_envs
+        self.capture = device.type == "cuda" if capture is None else capture
+        self._captured_steps: dict[bool, CapturedStep] = {}
 
     def restart(self, seed: int | None) -> None:
         """Starts fresh episodes in every env (seeded) and a fresh carry."""
         obs, _ = self.envs.reset(seed=seed)
         head = self.policy.action_head
-        self.obs = torch.as_tensor(obs, device=self.device)
+        (self.obs,) = to_device([obs], self.device)
         self.resets = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self.prev_action = torch.zeros(self.num_envs, *head.action_shape, dtype=head.action_dtype, device=self.device)
         self.prev_reward = torch.zeros(self.num_envs, device=self.device)
@@ -157,17 +192,25 @@ class Collector:
 
     def step(self, greedy: bool = False) -> Transition:
         """One env step for all envs from the carry; advances the carry."""
-        actions, log_probs, values, self.state = self.policy.act(
-            self.obs, self.prev_action, self.prev_reward, self.state, self.resets, greedy
-        )
+        actions, log_probs, values, self.state = self._act(greedy)
         obs, rewards, terminated, truncated, info = self.envs.step(self.policy.action_head.to_env(actions.cpu().numpy()))
-        rewards = torch.as_tensor(rewards, dtype=torch.float32, device=self.device)
-        terminated = torch.as_tensor(terminated, device=self.device)
-        truncated = torch.as_tensor(truncated, device=self.device)
-        self.obs = torch.as_tensor(obs, device=self.device)
+        bootstrapped = truncated & ~terminated
+        self.obs, rewards, terminated, truncated, self.resets = to_device(
+            [obs, rewards.astype(np.float32), terminated, truncated, terminated | truncated], self.device
+        )
         self.prev_action, self.prev_reward = actions, rewards
-        self.resets = terminated | truncated
-        return Transition(actions, log_probs, values, rewards, terminated, truncated, info)
+        return Transition(actions, log_probs, values, rewards, terminated, truncated, info, bootstrapped)
+
+    def _act(self, greedy: bool) -> tuple[Tensor, Tensor, Tensor, State]:
+        """`Policy.act` on the carry: actions, log-probs, values (tensors of their own) and the next state."""
+        carry = (self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        if not self.capture:
+            return self.policy.act(*carry, greedy=greedy)
+        if greedy not in self._captured_steps:
+            act = functools.partial(self.policy.act, greedy=greedy, in_place=True)
+            self._captured_steps[greedy] = CapturedStep(act, *carry, graph=self.device.type == "cuda")
+        actions, log_probs, values, state = self._captured_steps[greedy](*carry)
+        return actions.clone(), log_probs.clone(), values.clone(), state
 
     def collect(self) -> tuple[Rollout, EpisodeStats]:
         """Steps every env `rollout_length` times; returns the rollout and the episodes that ended.
@@ -188,7 +231,7 @@ class Collector:
             step = self.step()
             for name in TRANSITION_FIELDS:
                 steps[name].append(getattr(step, name))
-            bootstrapped = step.truncated & ~step.terminated
+            bootstrapped = step.bootstrapped
             final_values = self._final_values(step.info, bootstrapped) if bootstrapped.any() else no_final_values
             steps["final_values"].append(final_values)
             episodes.extend(step.info)
@@ -200,14 +243,15 @@ class Collector:
         )
         return rollout, episodes
 
-    def _final_values(self, info: dict, rows: Tensor) -> Tensor:
-        """Values `[N]` of info["final_obs"] for the envs in `rows` (bool `[N]`), 0 elsewhere.
+    def _final_values(self, info: dict, rows: np.ndarray) -> Tensor:
+        """Values `[N]` of info["final_obs"] for the envs in `rows` (numpy bool `[N]`), 0 elsewhere.
 
         Called right after `step`, so the carry holds each env's state after its last step, and that
-        step's action and reward: the policy runs one step on the final observation with them.
+        step's action and reward: the policy runs one step on the final observation with them. The
+        carried state is only read.
         """
-        index = rows.nonzero().flatten()
-        final_obs = torch.as_tensor(np.stack(info["final_obs"][index.cpu().numpy()]), device=self.device)
+        index = np.flatnonzero(rows)
+        final_obs, index = to_device([np.stack(info["final_obs"][index]), index], self.device)
         state = {name: value[index] for name, value in self.state.items()}
         no_reset = torch.zeros(len(index), dtype=torch.bool, device=self.device)
         values = torch.zeros(self.num_envs, device=self.device)

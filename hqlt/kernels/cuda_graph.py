@@ -11,37 +11,69 @@ from torch.utils import _pytree as pytree
 
 
 class CapturedStep:
-    """`fn(*args)` captured once as a CUDA graph on static copies of `example_args` (tensors, or
-    dicts/tuples of tensors, on one CUDA device).
+    """`fn(*args)` on static input buffers: clones of `example_args` (tensors, or dicts/tuples of tensors).
 
-    Calling it copies each argument into its captured buffer (skipped where the argument *is* that
-    buffer, e.g. a state updated in place and passed back), replays the graph and returns the
-    captured outputs. Outputs are buffers reused by the next call: copy what must outlive it.
-    Shapes, dtypes and the Python-side control flow of `fn` must not change between calls.
+    Calling it copies each argument into its buffer (skipped where the argument *is* that buffer, e.g. a
+    state that `fn` updates in place and that is passed back), runs `fn` on the buffers and returns its
+    outputs. Outputs are buffers reused by the next call: copy what must outlive it. The arguments must
+    keep the example's structure (same dict keys in the same order, same number of tensors).
+
+    graph=True (CUDA tensors only): `fn` is captured once as a CUDA graph, and a call replays it. Shapes,
+    dtypes and the Python-side control flow of `fn` must not change between calls, and `fn` may not
+    synchronise with the host. Random numbers drawn by `fn` (torch's CUDA generator) advance with
+    every replay.
+    graph=False (any device): `fn` runs eagerly under the same protocol, its results copied into output
+    buffers kept from the first call, so that code built on the protocol runs, and is tested, without
+    a GPU.
     """
 
-    def __init__(self, fn: Callable[..., Any], *example_args: Any, warmup_steps: int = 3) -> None:
+    def __init__(self, fn: Callable[..., Any], *example_args: Any, graph: bool = True, warmup_steps: int = 3) -> None:
+        self.fn = fn
         self.inputs = pytree.tree_map(lambda t: t.clone(), example_args)
-        self._input_leaves = pytree.tree_leaves(self.inputs)
-        if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in self._input_leaves):
-            raise ValueError("CapturedStep needs CUDA tensors (or dicts/tuples of them) as arguments")
-        # Warm up on a side stream (cuBLAS handles, Triton compilation, autotuning) before capturing.
+        self._input_leaves, self._input_spec = pytree.tree_flatten(self.inputs)
+        if not all(isinstance(t, torch.Tensor) for t in self._input_leaves):
+            raise ValueError("CapturedStep takes tensors (or dicts/tuples of them) as arguments")
+        self.outputs: Any = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph:
+            self._capture(warmup_steps)
+
+    def _capture(self, warmup_steps: int) -> None:
+        if not all(t.is_cuda for t in self._input_leaves):
+            raise ValueError("CapturedStep(graph=True) needs CUDA tensors as arguments; use graph=False on the CPU")
+        # Warm up on a side stream (cuBLAS handles, Triton compilation, autotuning) before capturing. The
+        # warm-up runs on the buffers, which the first call overwrites with its arguments.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
-                fn(*self.inputs)
+                self.fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.outputs = fn(*self.inputs)
+            self.outputs = self.fn(*self.inputs)
 
     def __call__(self, *args: Any) -> Any:
-        leaves = pytree.tree_leaves(args)
-        if len(leaves) != len(self._input_leaves):
-            raise ValueError(f"expected {len(self._input_leaves)} tensors as in the captured call, got {len(leaves)}")
+        leaves, spec = pytree.tree_flatten(args)
+        if spec != self._input_spec:
+            raise ValueError(f"arguments must have the structure of the captured call:\n{self._input_spec}\ngot\n{spec}")
         for buffer, value in zip(self._input_leaves, leaves):
-            if buffer.data_ptr() != value.data_ptr():
+            if value is not buffer:
                 buffer.copy_(value)
-        self.graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run_eagerly()
         return self.outputs
+
+    def _run_eagerly(self) -> None:
+        outputs = self.fn(*self.inputs)
+        if self.outputs is None:
+            # Own buffers for every output that is not an input buffer (cloned here, so that they are
+            # ordinary tensors even when `fn` runs under inference mode).
+            inputs = {id(t) for t in self._input_leaves}
+            self.outputs = pytree.tree_map_only(torch.Tensor, lambda t: t if id(t) in inputs else t.clone(), outputs)
+            return
+        for buffer, value in zip(pytree.tree_leaves(self.outputs), pytree.tree_leaves(outputs)):
+            if value is not buffer:
+                buffer.copy_(value)
