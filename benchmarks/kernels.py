@@ -236,37 +236,19 @@ def fla_version() -> str:
 
 
 def fused_attention_step(core, x: torch.Tensor, state: dict, resets: torch.Tensor):
-    """The HQLT core's step mode through the in-place step op (what the proposed hook in
-    `AttentionCore` would run for T == 1): same weights and results as `core(x, state, resets)`."""
-    batch = x.shape[0]
-    h = core.input_proj(x)
-    for i, (norm, mixer, feed_forward) in enumerate(zip(core.memory_norms, core.mixers, core.feed_forwards)):
-        shape = (batch, 1, mixer.num_heads, mixer.head_dim)
-        q, k, v, beta, gate = mixer.in_proj(norm(h)).split(mixer.split_sizes, dim=-1)
-        o, _ = kernels.synchronous_hqlt_step(
-            q.view(shape), k.view(shape), F.silu(v).view(shape), mixer.beta_scale * torch.sigmoid(beta),
-            torch.sigmoid(gate).view(shape), resets, state[f"layer{i}.fw"], state[f"layer{i}.kv_keys"],
-            state[f"layer{i}.kv_values"], state["kv_valid"], state["kv_write"], window=core.window,
-        )
-        h = feed_forward(h + mixer.out_proj(mixer.head_norm(o).reshape(batch, 1, -1)))
-    kernels.advance_ring(state["kv_valid"], state["kv_write"], resets)
-    return core.final_norm(h), state
-
-
-def fused_core_forward(core, x: torch.Tensor, state: dict, resets: torch.Tensor, diagnostics):
-    if x.shape[1] != 1 or diagnostics is not None:
-        return type(core)._forward(core, x, state, resets, diagnostics)
-    return fused_attention_step(core, x, state, resets)
+    """The HQLT core's step in place (`in_place=True`: the fused step op on the state's own tensors),
+    as the collector runs it; x `[B, 1, D]`, resets `[B, 1]`."""
+    return core(x, state, resets, in_place=True)
 
 
 def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
     observation_space = spaces.Box(-1.0, 1.0, (64,))
     action_space = spaces.Box(-1.0, 1.0, (4,))
     hqlt_options = dict(window=WINDOW, num_layers=3, num_heads=HEADS, blend="synchronous", mixer="dynamic_vector")
-    variants = {
-        "LSTM policy (width 256)": (build_core("lstm", input_dim=256, hidden_dim=256), False),
-        "LSTM policy (width 256, 3 layers)": (build_core("lstm", input_dim=256, hidden_dim=256, num_layers=3), False),
-        "HQLT policy, core as committed": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), False),
+    variants = {  # name: (core, in_place); the collector acts in place with every core
+        "LSTM policy (width 256)": (build_core("lstm", input_dim=256, hidden_dim=256), True),
+        "LSTM policy (width 256, 3 layers)": (build_core("lstm", input_dim=256, hidden_dim=256, num_layers=3), True),
+        "HQLT policy, functional step (state copies)": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), False),
         "HQLT policy, fused step op": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), True),
     }
     torch.manual_seed(0)
@@ -275,13 +257,11 @@ def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
     prev_reward = torch.randn(steps, envs, device="cuda")
     resets = torch.rand(steps, envs, device="cuda") < 1 / 64
     rows, times = [], {}
-    for name, (core, fused) in variants.items():
+    for name, (core, in_place) in variants.items():
         policy = Policy(observation_space, action_space, core).cuda().eval()
-        if fused:  # what the proposed step-mode hook would do inside AttentionCore
-            policy.core._forward = functools.partial(fused_core_forward, core)
         state = policy.initial_state(envs, device="cuda")
         try:
-            act = functools.partial(policy.act, greedy=True)
+            act = functools.partial(policy.act, greedy=True, in_place=in_place)
             step = CapturedStep(act, obs[0], prev_action[0], prev_reward[0], state, resets[0])
             state = step.inputs[3]
             for t in range(steps):  # settle the memories past one window before timing
@@ -307,9 +287,10 @@ def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
         f"(Box(64) observations, Box(4) actions, greedy actions), captured as one CUDA graph "
         f"(`hqlt.kernels.cuda_graph.CapturedStep`), mean of {steps} replays after {steps} warm-up steps; "
         f"HQLT = 3 layers, width 256, 4 heads, window {WINDOW}, synchronous blend, dynamic vector mixer, fp32. "
-        f"The fused step op updates the state in place (the proposed hook; no state copies); the core as "
-        f"committed runs the same step kernel on copies of the state (new state tensors each step, copied back "
-        f"into the graph's input buffers). "
+        f"Every policy steps its state in place (`in_place=True`, as the collector acts on CUDA): the HQLT "
+        f"core runs the fused step op on the graph's state buffers, the LSTM copies its new state into them. "
+        f"The functional HQLT step runs the same op on copies of the state (new state tensors each step, "
+        f"copied back into the graph's input buffers). "
         f"{agreement}\n\n" + markdown_table(["policy step", "ms", "vs LSTM policy"], rows)
     )
 
