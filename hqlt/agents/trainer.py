@@ -150,7 +150,8 @@ class Trainer:
             raise ConfigError(str(error)) from error
         self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space, core, agent.head_dim)
         self.policy.to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5, foreach=True)
+        # fused: one kernel per step for all parameters (on CPU a third of the foreach version's time)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         sequence_length = agent.sequence_length or agent.rollout_length
         self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length)
