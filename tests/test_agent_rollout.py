@@ -12,7 +12,7 @@ import torch
 from gymnasium.vector import VectorWrapper
 
 from hqlt.agents import Collector, Policy, replay, training_sequences
-from hqlt.agents.rollout import Rollout, to_device
+from hqlt.agents.rollout import Rollout, packed_copy
 from hqlt.configs import compose, group_options
 from hqlt.envs import make_vector
 from hqlt.memory import build_core
@@ -131,7 +131,9 @@ def test_the_capture_protocol_collects_the_same_rollout(memory):
     assert all(collector.state[name] is step.inputs[3][name] for name in collector.state), "the carried state is not the step's buffers"
 
 
-def test_to_device_packs_arrays_of_every_dtype_into_one_copy():
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_packed_copy_moves_arrays_of_every_dtype_in_one_buffer(device):
+    """The collector's host-to-device copy on CUDA; without a GPU it runs from CPU to CPU (same packing)."""
     arrays = [
         np.arange(7, dtype=np.uint8).reshape(7, 1),  # odd byte counts shift the next array's offset
         np.array([1.5, -2.0, 3.25], dtype=np.float32),
@@ -139,8 +141,9 @@ def test_to_device_packs_arrays_of_every_dtype_into_one_copy():
         np.arange(6, dtype=np.int64).reshape(2, 3) - 3,
         np.zeros((2, 2, 3), dtype=np.float64) + 0.5,
     ]
-    moved = to_device(arrays, torch.device("cpu"))
+    moved = packed_copy(arrays, torch.device(device))
     for array, tensor in zip(arrays, moved):
+        assert tensor.device.type == device
         assert tensor.dtype == torch.from_numpy(array).dtype and tuple(tensor.shape) == array.shape
-        np.testing.assert_array_equal(tensor.numpy(), array)
+        np.testing.assert_array_equal(tensor.cpu().numpy(), array)
     assert len({tensor.untyped_storage().data_ptr() for tensor in moved}) == 1, "one buffer for all arrays"

@@ -132,14 +132,22 @@ class EpisodeStats:
         self.successes += info["episode"]["success"][done].tolist()
 
 
-# Byte alignment of each array in the packed host-to-device buffer (the widest dtype's size).
+def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """Host arrays as tensors on `device`, same dtypes and shapes: on the CPU the arrays themselves (no
+    copy), elsewhere through `packed_copy` (one host-to-device copy for all of them)."""
+    if device.type == "cpu":
+        return [torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]
+    return packed_copy(arrays, device)
+
+
+# Byte alignment of each array in a packed buffer (the widest dtype's size).
 PACK_ALIGNMENT = 8
 
 
-def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
-    """Host arrays as tensors on `device` (same dtypes and shapes) in one host-to-device copy: packed into
-    one byte buffer, pinned on CUDA so that the copy is asynchronous. Each call has its own buffer, which
-    torch's pinned-memory cache reuses only once the copy out of it is done."""
+def packed_copy(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """Host arrays as tensors on `device` (same dtypes and shapes) in one copy: packed into one byte
+    buffer, pinned on CUDA so that the copy is asynchronous, and viewed back there. Each call has its
+    own buffer, which torch's pinned-memory cache reuses only once the copy out of it is done."""
     arrays = [np.ascontiguousarray(array) for array in arrays]
     offsets = np.cumsum([0] + [-(-array.nbytes // PACK_ALIGNMENT) * PACK_ALIGNMENT for array in arrays])
     packed = torch.empty(int(offsets[-1]), dtype=torch.uint8, pin_memory=device.type == "cuda")
@@ -164,7 +172,8 @@ class Collector:
     CUDA graph on CUDA, the same protocol run eagerly elsewhere. The policy then steps the memory state
     in place in the step's buffers, which stay the carried state; only what outlives a step is copied
     (its actions, log-probs and values, and the states stored at sequence starts). Without `capture`
-    each step returns a new state.
+    each step returns a new state. A captured step reads the policy's parameters where they lie: update
+    them in place (as optimisers and `load_state_dict` do), never replace them.
     """
 
     def __init__(
@@ -231,8 +240,7 @@ class Collector:
             step = self.step()
             for name in TRANSITION_FIELDS:
                 steps[name].append(getattr(step, name))
-            bootstrapped = step.bootstrapped
-            final_values = self._final_values(step.info, bootstrapped) if bootstrapped.any() else no_final_values
+            final_values = self._final_values(step.info, step.bootstrapped) if step.bootstrapped.any() else no_final_values
             steps["final_values"].append(final_values)
             episodes.extend(step.info)
         next_values = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)

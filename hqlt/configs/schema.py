@@ -102,6 +102,10 @@ class TrainConfig:
     # Path of a checkpoint to continue from (its run directory is reused).
     resume: str | None = None
     async_envs: bool = False
+    # Act through a CUDA graph of the whole policy step, the memory state stepped in place
+    # (hqlt.agents.Collector): null on CUDA only, false never, true also on the CPU (the same
+    # protocol run eagerly).
+    capture: bool | None = None
     progress: bool = True
 
 

@@ -42,10 +42,11 @@ class CapturedStep:
         if not all(t.is_cuda for t in self._input_leaves):
             raise ValueError("CapturedStep(graph=True) needs CUDA tensors as arguments; use graph=False on the CPU")
         # Warm up on a side stream (cuBLAS handles, Triton compilation, autotuning) before capturing. The
-        # warm-up runs on the buffers, which the first call overwrites with its arguments.
+        # warm-up runs on the buffers, which the first call overwrites with its arguments, and under a
+        # forked RNG: the run's random stream does not depend on when a step was captured.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.random.fork_rng(devices=[self._input_leaves[0].device]), torch.cuda.stream(side):
             for _ in range(warmup_steps):
                 self.fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
