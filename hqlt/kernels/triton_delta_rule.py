@@ -1,15 +1,17 @@
-"""Chunkwise delta rule in Triton, with episode resets applied inside the kernel (DESIGN §4).
+"""Chunkwise delta rule in Triton, with episode resets applied inside the kernels (DESIGN §4).
 
-One program per (batch row, head) walks the sequence chunk by chunk, carrying the fp32 state
-`[dk, dv]` in registers. Per chunk of C tokens (phi = SiLU then L2 norm, applied in-kernel):
+Per chunk of C tokens (phi = SiLU then L2 norm, applied in-kernel; S the state entering the chunk):
 
     A = strictly_lower(diag(beta) K K^T * M),   T = (I + A)^-1
-    U = T (diag(beta) V - diag(beta c) K S0)
-    O = scale (diag(c) Q S0 + (Q K^T * M * lower_incl) U),   S_C = c_C S0 + K^T diag(m) U
+    W = T diag(beta c) K,   U0 = T diag(beta) V,   U = U0 - W S
+    O = scale (diag(c) Q S + (Q K^T * M * lower_incl) U),   S_next = carry S + K^T diag(m) U
 
-with M the same-episode mask, c the "still in the incoming state's episode" flags and m the
-last token's row of M. The forward pass stores the state at every chunk start; the backward
-pass walks the chunks in reverse from those states, recomputing everything else.
+with M the same-episode mask, c the "still in the incoming state's episode" flags, m the last
+token's row of M and carry "no reset in the chunk". Everything that needs the [C, C] inverse (W, U0)
+is computed for all chunks in parallel; only the state recurrence walks the chunks, and it splits
+the value columns over programs (each column of S evolves on its own). The backward pass mirrors
+this: a reverse walk carries dS (columns split again) and stores it per chunk, then every chunk's
+gradients are computed in parallel from its stored S and dS_next.
 """
 
 from __future__ import annotations
@@ -29,31 +31,31 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _L2_EPS = tl.constexpr(reference.L2_EPS)
 _SOLVE_BLOCK = tl.constexpr(16)  # diagonal blocks inverted by substitution; the rest by a Neumann product
-# Largest chunk x padded head dim the chunk kernels run: larger tiles do not fit an H100's 227 KB of
-# shared memory (chunk 64 at head dim 64 needs 240 KB in the backward even unpipelined).
+# Largest chunk x padded head dim the chunk kernels run: the backward's per-chunk kernel holds about
+# twenty [C, d] / [C, C] fp32 tiles at once.
 MAX_CHUNK_TILE = 32 * 64
+# Value columns per program of the state walks: narrower blocks give more programs when B * H is small.
+STATE_VALUE_BLOCK = 32
 
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """How the chunk-loop kernels of one op call launch (forward and backward walk the same chunks)."""
+    """How the delta-rule kernels of one op call launch (forward and backward use the same chunks)."""
 
     chunk: int  # the chunk the kernels run (the chunkwise form is exact for any chunk: rounding only)
-    num_stages: int  # software pipelining of the chunk loop: loads of the next chunks start early
+    value_block: int  # value columns per program of the state walks
+    num_stages: int = 2  # software pipelining of the state walks' chunk loop
     num_warps: int = 4
 
 
 def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype) -> ChunkConfig:
-    """The launch of the delta-rule and fused Synchronous HQLT chunk kernels for `head_dims` (dk, dv)
-    and `dtype` inputs: the requested chunk, capped so that the tiles fit; pipelined (3 stages, i.e.
-    two more copies of each chunk's loaded tiles in shared memory) except beside fp32 [64, 64] chunk
-    products or a [128, 128] state, where the pipelined backward needs up to 283 KB of the H100's
-    227 KB (255 KB at head dim 32, chunk 64, fp32 under Triton 3.6). `tests/test_triton_resources.py`
-    compiles every resulting launch for sm_90 and checks its shared memory."""
+    """The launch of the delta-rule kernels for `head_dims` (dk, dv) and `dtype` inputs: the requested
+    chunk, capped so that the per-chunk tiles fit. `tests/test_triton_resources.py` compiles every
+    resulting launch for sm_90 and checks its shared memory."""
     block = max(block_size(d) for d in head_dims)
     chunk = max(16, min(chunk_size, MAX_CHUNK_TILE // block))
-    crowded = block >= 128 or (chunk >= 64 and dtype == torch.float32)
-    return ChunkConfig(chunk=chunk, num_stages=1 if crowded else 3)
+    value_block = min(block_size(head_dims[-1]), STATE_VALUE_BLOCK)
+    return ChunkConfig(chunk=chunk, value_block=value_block, num_stages=1 if block >= 128 else 2)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -140,87 +142,115 @@ def unit_lower_inverse(a, CHUNK: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def delta_chunk_forward(q, k, v, beta, resets, state, scale, CHUNK: tl.constexpr, PREC: tl.constexpr):
-    """One chunk of the delta rule: raw q, k `[C, dk]`, v `[C, dv]`, beta `[C]`, resets `[C]` int32,
-    incoming state `[dk, dv]`, all fp32. Returns o `[C, dv]` and the chunk's final state."""
-    qn = feature_map(q)
-    kn = feature_map(k)
+def chunk_solve(kn, beta, resets, CHUNK: tl.constexpr, PREC: tl.constexpr):
+    """The chunk's T = (I + A)^-1 `[C, C]`, K K^T `[C, C]` and episode bookkeeping (see
+    `chunk_episodes`) from normalised keys kn `[C, dk]`, beta `[C]` and int32 resets `[C]`."""
     continues, same, in_last, carry = chunk_episodes(resets)
     rows = tl.arange(0, CHUNK)
-    strict = (rows[:, None] > rows[None, :]) & same
-    causal = (rows[:, None] >= rows[None, :]) & same
-    a = tl.where(strict, beta[:, None] * tl.dot(kn, tl.trans(kn), input_precision=PREC), 0.0)
-    inverse = unit_lower_inverse(a, CHUNK, PREC)
-    beta_c = tl.where(continues, beta, 0.0)
-    rhs = beta[:, None] * v - beta_c[:, None] * tl.dot(kn, state, input_precision=PREC)
-    u = tl.dot(inverse, rhs, input_precision=PREC)
-    scores = tl.where(causal, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
-    from_state = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
-    o = (from_state + tl.dot(scores, u, input_precision=PREC)) * scale
-    kept = tl.where(carry, state, 0.0)
-    new_state = kept + tl.dot(tl.trans(kn), tl.where(in_last[:, None], u, 0.0), input_precision=PREC)
-    return o, new_state
+    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
+    a = tl.where((rows[:, None] > rows[None, :]) & same, beta[:, None] * kk, 0.0)
+    return unit_lower_inverse(a, CHUNK, PREC), kk, continues, same, in_last, carry
 
 
 @triton.jit
 def token_offsets(b, t, h, T, H, D, cols):
-    """Element offsets `[C, BLOCK]` of rows t of a contiguous `[B, T, H, D]` tensor."""
+    """Element offsets `[C, BLOCK]` of rows t, columns `cols` of a contiguous `[B, T, H, D]` tensor."""
     return ((b * T + t[:, None]) * H + h) * D + cols[None, :]
+
+
+@triton.jit
+def load_rows(ptr, b, t, h, T, H, D, cols, mask):
+    """Rows t, columns `cols` of a `[B, T, H, D]` tensor as fp32 `[C, BLOCK]` (0 outside `mask`)."""
+    return tl.load(ptr + token_offsets(b, t, h, T, H, D, cols), mask=mask, other=0.0).to(tl.float32)
 
 
 # ----------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def _forward_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, resets_ptr, state_ptr, o_ptr, final_ptr, chunk_states_ptr,
-    T, H, scale,
+def _prepare_kernel(
+    k_ptr, v_ptr, beta_ptr, resets_ptr, w_ptr, u0_ptr,
+    T, H,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """W = T diag(beta c) K and U0 = T diag(beta) V of one chunk (fp32, token layout)."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1).to(tl.int64)
+    b, h = pid // H, pid % H
+    t = n * CHUNK + tl.arange(0, CHUNK)
+    valid = t < T
+    ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
+    k_mask = valid[:, None] & (ck[None, :] < DK)
+    v_mask = valid[:, None] & (cv[None, :] < DV)
+    kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
+    v = load_rows(v_ptr, b, t, h, T, H, DV, cv, v_mask)
+    beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
+    resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
+    inverse, _, continues, _, _, _ = chunk_solve(kn, beta, resets, CHUNK, PREC)
+    w = tl.dot(inverse, tl.where(continues, beta, 0.0)[:, None] * kn, input_precision=PREC)
+    u0 = tl.dot(inverse, beta[:, None] * v, input_precision=PREC)
+    tl.store(w_ptr + token_offsets(b, t, h, T, H, DK, ck), w, mask=k_mask)
+    tl.store(u0_ptr + token_offsets(b, t, h, T, H, DV, cv), u0, mask=v_mask)
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr, k_ptr, w_ptr, u0_ptr, resets_ptr, state_ptr, o_ptr, final_ptr, chunk_states_ptr,
+    T, H, scale,
+    DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
     STORE_CHUNK_STATES: tl.constexpr, PREC: tl.constexpr,
 ):
+    """The state walk over the chunks for value columns [BLOCK_V * program_id(1), ...): outputs,
+    final state and (if asked) the state entering every chunk `[B, H, NC, dk, dv]`."""
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
     rows = tl.arange(0, CHUNK)
-    ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    state_offsets = pid * DK * DV + ck[:, None] * DV + cv[None, :]
+    causal = rows[:, None] >= rows[None, :]
+    ck = tl.arange(0, BLOCK_DK)
+    cv = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    state_offsets = ck[:, None] * DV + cv[None, :]
     state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
-    state = tl.load(state_ptr + state_offsets, mask=state_mask, other=0.0)
+    state = tl.load(state_ptr + pid * DK * DV + state_offsets, mask=state_mask, other=0.0)
     num_chunks = tl.cdiv(T, CHUNK)
     for n in range(num_chunks):
         t = n * CHUNK + rows
         valid = t < T
         k_mask = valid[:, None] & (ck[None, :] < DK)
         v_mask = valid[:, None] & (cv[None, :] < DV)
-        q = tl.load(q_ptr + token_offsets(b, t, h, T, H, DK, ck), mask=k_mask, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + token_offsets(b, t, h, T, H, DK, ck), mask=k_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + token_offsets(b, t, h, T, H, DV, cv), mask=v_mask, other=0.0).to(tl.float32)
-        beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
-        resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
+        qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
+        kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
+        w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
+        u0 = load_rows(u0_ptr, b, t, h, T, H, DV, cv, v_mask)
+        continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
         if STORE_CHUNK_STATES:
-            tl.store(chunk_states_ptr + (pid * num_chunks + n) * DK * DV + ck[:, None] * DV + cv[None, :],
-                     state, mask=state_mask)
-        o, state = delta_chunk_forward(q, k, v, beta, resets, state, scale, CHUNK, PREC)
+            tl.store(chunk_states_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, state, mask=state_mask)
+        u = u0 - tl.dot(w, state, input_precision=PREC)
+        scores = tl.where(causal & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
+        from_state = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
+        o = (from_state + tl.dot(scores, u, input_precision=PREC)) * scale
         tl.store(o_ptr + token_offsets(b, t, h, T, H, DV, cv), o, mask=v_mask)
-    tl.store(final_ptr + state_offsets, state, mask=state_mask)
+        state = tl.where(carry, state, 0.0) + tl.dot(tl.trans(kn), tl.where(in_last[:, None], u, 0.0),
+                                                     input_precision=PREC)
+    tl.store(final_ptr + pid * DK * DV + state_offsets, state, mask=state_mask)
 
 
 @triton.jit
-def backward_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, resets_ptr, chunk_states_ptr, do_ptr, dfinal_ptr,
-    gate_ptr, o_kv_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dstate_ptr, dgate_ptr,
+def _state_gradient_kernel(
+    q_ptr, k_ptr, w_ptr, resets_ptr, do_ptr, gate_ptr, dfinal_ptr, dstates_ptr, dinitial_ptr,
     T, H, scale,
-    DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Reverse walk over the chunks. With HAS_GATE the output was gate * o_FW + (1 - gate) * o_KV:
-    the incoming gradient is scaled by the gate and the gate's own gradient is written too."""
+    """The reverse walk carrying dS (value columns split as in `_forward_kernel`): stores the gradient
+    of the state leaving every chunk `[B, H, NC, dk, dv]` and the initial state's gradient. With
+    HAS_GATE the output was gate * o_FW + ..., so the incoming gradient is scaled by the gate."""
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
     rows = tl.arange(0, CHUNK)
-    ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
-    strict_lower = rows[:, None] > rows[None, :]
-    lower = rows[:, None] >= rows[None, :]
+    causal = rows[:, None] >= rows[None, :]
+    ck = tl.arange(0, BLOCK_DK)
+    cv = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     state_offsets = ck[:, None] * DV + cv[None, :]
     state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
     dstate = tl.load(dfinal_ptr + pid * DK * DV + state_offsets, mask=state_mask, other=0.0)
@@ -231,126 +261,184 @@ def backward_kernel(
         valid = t < T
         k_mask = valid[:, None] & (ck[None, :] < DK)
         v_mask = valid[:, None] & (cv[None, :] < DV)
-        k_offsets = token_offsets(b, t, h, T, H, DK, ck)
-        v_offsets = token_offsets(b, t, h, T, H, DV, cv)
-        q = tl.load(q_ptr + k_offsets, mask=k_mask, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + k_offsets, mask=k_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + v_offsets, mask=v_mask, other=0.0).to(tl.float32)
-        beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
-        resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
-        state = tl.load(chunk_states_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, mask=state_mask,
-                        other=0.0)
-        do = tl.load(do_ptr + v_offsets, mask=v_mask, other=0.0).to(tl.float32)
-
-        # Recompute the chunk's forward quantities.
-        qn = feature_map(q)
-        kn = feature_map(k)
-        continues, same, in_last, carry = chunk_episodes(resets)
-        kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
-        a = tl.where(strict_lower & same, beta[:, None] * kk, 0.0)
-        inverse = unit_lower_inverse(a, CHUNK, PREC)
-        beta_c = tl.where(continues, beta, 0.0)
-        ks = tl.dot(kn, state, input_precision=PREC)
-        rhs = beta[:, None] * v - beta_c[:, None] * ks
-        u = tl.dot(inverse, rhs, input_precision=PREC)
-        scores = tl.where(lower & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
-        qs = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
+        tl.store(dstates_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, dstate, mask=state_mask)
+        qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
+        kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
+        w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
+        g = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask) * scale
         if HAS_GATE:
-            gate = tl.load(gate_ptr + v_offsets, mask=v_mask, other=0.0).to(tl.float32)
-            o_kv = tl.load(o_kv_ptr + v_offsets, mask=v_mask, other=0.0).to(tl.float32)
-            o_fw = (qs + tl.dot(scores, u, input_precision=PREC)) * scale
-            tl.store(dgate_ptr + v_offsets, do * (o_fw - o_kv), mask=v_mask)
-            do = do * gate
-        g = do * scale
-
-        # Backward through O, S_C, U = T R, A and R.
-        u_last = tl.where(in_last[:, None], u, 0.0)
-        d_scores = tl.where(lower & same, tl.dot(g, tl.trans(u), input_precision=PREC), 0.0)
+            g = g * load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
+        continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
+        scores = tl.where(causal & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
         du = tl.dot(tl.trans(scores), g, input_precision=PREC)
         du += tl.where(in_last[:, None], tl.dot(kn, dstate, input_precision=PREC), 0.0)
-        drhs = tl.dot(tl.trans(inverse), du, input_precision=PREC)
-        da = tl.where(strict_lower & same, -tl.dot(drhs, tl.trans(u), input_precision=PREC), 0.0)
-        dbeta = tl.sum(drhs * v, axis=1) - tl.where(continues, tl.sum(drhs * ks, axis=1), 0.0) + tl.sum(da * kk, axis=1)
-        dkk = beta[:, None] * da
-        drhs_c = beta_c[:, None] * drhs
-        dkn = tl.dot(tl.trans(d_scores), qn, input_precision=PREC)
-        dkn += tl.dot(u_last, tl.trans(dstate), input_precision=PREC)
-        dkn -= tl.dot(drhs_c, tl.trans(state), input_precision=PREC)
-        dkn += tl.dot(dkk, kn, input_precision=PREC) + tl.dot(tl.trans(dkk), kn, input_precision=PREC)
-        g_c = tl.where(continues[:, None], g, 0.0)
-        dqn = tl.dot(g_c, tl.trans(state), input_precision=PREC) + tl.dot(d_scores, kn, input_precision=PREC)
-        dstate = tl.where(carry, dstate, 0.0) + tl.dot(tl.trans(qn), g_c, input_precision=PREC)
-        dstate -= tl.dot(tl.trans(kn), drhs_c, input_precision=PREC)
+        dstate = (tl.where(carry, dstate, 0.0)
+                  + tl.dot(tl.trans(qn), tl.where(continues[:, None], g, 0.0), input_precision=PREC)
+                  - tl.dot(tl.trans(w), du, input_precision=PREC))
+    tl.store(dinitial_ptr + pid * DK * DV + state_offsets, dstate, mask=state_mask)
 
-        tl.store(dq_ptr + k_offsets, feature_map_backward(q, dqn), mask=k_mask)
-        tl.store(dk_ptr + k_offsets, feature_map_backward(k, dkn), mask=k_mask)
-        tl.store(dv_ptr + v_offsets, beta[:, None] * drhs, mask=v_mask)
-        tl.store(dbeta_ptr + (b * T + t) * H + h, dbeta, mask=valid)
-    tl.store(dstate_ptr + pid * DK * DV + state_offsets, dstate, mask=state_mask)
+
+@triton.jit
+def chunk_gradient_kernel(
+    q_ptr, k_ptr, v_ptr, beta_ptr, resets_ptr, chunk_states_ptr, dstates_ptr, do_ptr,
+    gate_ptr, o_kv_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dgate_ptr,
+    T, H, scale,
+    DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk, dv, dbeta of one chunk from the state S entering it and the gradient dS_next of the
+    state leaving it. With HAS_GATE the output was gate * o_FW + (1 - gate) * o_KV: the incoming
+    gradient is scaled by the gate and the gate's own gradient is written too."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1).to(tl.int64)
+    b, h = pid // H, pid % H
+    num_chunks = tl.cdiv(T, CHUNK)
+    rows = tl.arange(0, CHUNK)
+    lower = rows[:, None] >= rows[None, :]
+    strict_lower = rows[:, None] > rows[None, :]
+    t = n * CHUNK + rows
+    valid = t < T
+    ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
+    k_mask = valid[:, None] & (ck[None, :] < DK)
+    v_mask = valid[:, None] & (cv[None, :] < DV)
+    state_offsets = (pid * num_chunks + n) * DK * DV + ck[:, None] * DV + cv[None, :]
+    state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
+    q = load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask)
+    k = load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask)
+    v = load_rows(v_ptr, b, t, h, T, H, DV, cv, v_mask)
+    do = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask)
+    beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
+    resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
+    state = tl.load(chunk_states_ptr + state_offsets, mask=state_mask, other=0.0)
+    dstate = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+
+    # Recompute the chunk's forward quantities.
+    qn = feature_map(q)
+    kn = feature_map(k)
+    inverse, kk, continues, same, in_last, carry = chunk_solve(kn, beta, resets, CHUNK, PREC)
+    beta_c = tl.where(continues, beta, 0.0)
+    ks = tl.dot(kn, state, input_precision=PREC)
+    rhs = beta[:, None] * v - beta_c[:, None] * ks
+    u = tl.dot(inverse, rhs, input_precision=PREC)
+    scores = tl.where(lower & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
+    qs = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
+    if HAS_GATE:
+        gate = load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
+        o_fw = (qs + tl.dot(scores, u, input_precision=PREC)) * scale
+        tl.store(dgate_ptr + token_offsets(b, t, h, T, H, DV, cv),
+                 do * (o_fw - load_rows(o_kv_ptr, b, t, h, T, H, DV, cv, v_mask)), mask=v_mask)
+        do = do * gate
+    g = do * scale
+
+    # Backward through O, S_next, U = T R, A and R.
+    u_last = tl.where(in_last[:, None], u, 0.0)
+    d_scores = tl.where(lower & same, tl.dot(g, tl.trans(u), input_precision=PREC), 0.0)
+    du = tl.dot(tl.trans(scores), g, input_precision=PREC)
+    du += tl.where(in_last[:, None], tl.dot(kn, dstate, input_precision=PREC), 0.0)
+    drhs = tl.dot(tl.trans(inverse), du, input_precision=PREC)
+    da = tl.where(strict_lower & same, -tl.dot(drhs, tl.trans(u), input_precision=PREC), 0.0)
+    dbeta = tl.sum(drhs * v, axis=1) - tl.where(continues, tl.sum(drhs * ks, axis=1), 0.0) + tl.sum(da * kk, axis=1)
+    dkk = beta[:, None] * da
+    drhs_c = beta_c[:, None] * drhs
+    dkn = tl.dot(tl.trans(d_scores), qn, input_precision=PREC)
+    dkn += tl.dot(u_last, tl.trans(dstate), input_precision=PREC)
+    dkn -= tl.dot(drhs_c, tl.trans(state), input_precision=PREC)
+    dkn += tl.dot(dkk, kn, input_precision=PREC) + tl.dot(tl.trans(dkk), kn, input_precision=PREC)
+    g_c = tl.where(continues[:, None], g, 0.0)
+    dqn = tl.dot(g_c, tl.trans(state), input_precision=PREC) + tl.dot(d_scores, kn, input_precision=PREC)
+
+    tl.store(dq_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(q, dqn), mask=k_mask)
+    tl.store(dk_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(k, dkn), mask=k_mask)
+    tl.store(dv_ptr + token_offsets(b, t, h, T, H, DV, cv), beta[:, None] * drhs, mask=v_mask)
+    tl.store(dbeta_ptr + (b * T + t) * H + h, dbeta, mask=valid)
 
 
 # ----------------------------------------------------------------------------- launchers
 
 
+@dataclass
+class ForwardResult:
+    """What the forward launch returns: o `[B, T, H, dv]`, the final state `[B, H, dk, dv]` and, when
+    kept for the backward, the chunk-start states `[B, H, NC, dk, dv]` and W `[B, T, H, dk]` (fp32)."""
+
+    o: Tensor
+    final: Tensor
+    chunk_states: Tensor | None
+    w: Tensor | None
+
+
 def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: Tensor, scale: float,
-            config: ChunkConfig, store_chunk_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Launch the forward kernel on contiguous inputs (q, k `[B, T, H, dk]`, v `[B, T, H, dv]`,
-    beta `[B, T, H]`, resets `[B, T]`, fp32 state `[B, H, dk, dv]`).
-    Returns o (dtype of v), the final state and, if asked, the chunk-start states `[B, H, NC, dk, dv]`."""
+            config: ChunkConfig, save_for_backward: bool, out_dtype: torch.dtype | None = None) -> ForwardResult:
+    """Launch the forward kernels on contiguous inputs (q, k `[B, T, H, dk]`, v `[B, T, H, dv]`,
+    beta `[B, T, H]`, resets `[B, T]`, fp32 state `[B, H, dk, dv]`); o in `out_dtype` (default v's)."""
     batch, steps, heads, dk = q.shape
     dv = v.shape[-1]
-    o = torch.empty_like(v)
-    final = torch.empty_like(state)
     num_chunks = triton.cdiv(steps, config.chunk)
-    chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if store_chunk_states else final
-    _forward_kernel[(batch * heads,)](
-        q, k, v, beta, resets, state, o, final, chunk_states, steps, heads, scale,
-        DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), BLOCK_DV=block_size(dv),
-        STORE_CHUNK_STATES=store_chunk_states, PREC=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+    common = dict(DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), PREC=dot_precision(q.dtype),
+                  num_warps=config.num_warps)
+    w = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    u0 = torch.empty(v.shape, device=q.device, dtype=torch.float32)
+    _prepare_kernel[(num_chunks, batch * heads)](k, v, beta, resets, w, u0, steps, heads, BLOCK_DV=block_size(dv),
+                                                 **common)
+    o = torch.empty_like(v, dtype=out_dtype or v.dtype)
+    final = torch.empty_like(state)
+    chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if save_for_backward else final
+    _forward_kernel[(batch * heads, triton.cdiv(dv, config.value_block))](
+        q, k, w, u0, resets, state, o, final, chunk_states, steps, heads, scale,
+        BLOCK_V=config.value_block, STORE_CHUNK_STATES=save_for_backward, num_stages=config.num_stages, **common,
     )
-    return o, final, chunk_states if store_chunk_states else None
+    if save_for_backward:
+        return ForwardResult(o, final, chunk_states, w)
+    return ForwardResult(o, final, None, None)
 
 
-def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, chunk_states: Tensor, do: Tensor,
+def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, saved: ForwardResult, do: Tensor,
              dfinal: Tensor, scale: float, config: ChunkConfig, gate: Tensor | None = None,
              o_kv: Tensor | None = None, grad_dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
-    """Launch the backward kernel with the forward's `config`. Returns dq, dk, dv (in `grad_dtype`,
-    default the inputs' dtypes), dbeta, dstate (fp32) and, when `gate` is given (Synchronous HQLT), dgate."""
+    """Launch the backward kernels with the forward's `config` and `saved` results. Returns dq, dk, dv
+    (in `grad_dtype`, default the inputs' dtypes), dbeta, dstate (fp32) and, when `gate` is given
+    (Synchronous HQLT), dgate."""
     batch, steps, heads, dk = q.shape
     dv_dim = v.shape[-1]
+    num_chunks = triton.cdiv(steps, config.chunk)
+    has_gate = gate is not None
+    common = dict(DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), HAS_GATE=has_gate,
+                  PREC=dot_precision(q.dtype), num_warps=config.num_warps)
+    dstates = torch.empty_like(saved.chunk_states)
+    dstate = torch.empty_like(dfinal)
+    _state_gradient_kernel[(batch * heads, triton.cdiv(dv_dim, config.value_block))](
+        q, k, saved.w, resets, do, gate if has_gate else do, dfinal, dstates, dstate, steps, heads, scale,
+        BLOCK_V=config.value_block, num_stages=config.num_stages, **common,
+    )
     dq = torch.empty_like(q, dtype=grad_dtype or q.dtype)
     dk_ = torch.empty_like(k, dtype=grad_dtype or k.dtype)
     dv = torch.empty_like(v, dtype=grad_dtype or v.dtype)
     dbeta = torch.empty_like(beta)
-    dstate = torch.empty_like(dfinal)
-    dgate = torch.empty_like(gate) if gate is not None else None
-    backward_kernel[(batch * heads,)](
-        q, k, v, beta, resets, chunk_states, do, dfinal,
-        gate if gate is not None else do, o_kv if o_kv is not None else do,
-        dq, dk_, dv, dbeta, dstate, dgate if dgate is not None else dq,
-        steps, heads, scale,
-        DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), BLOCK_DV=block_size(dv_dim),
-        HAS_GATE=gate is not None, PREC=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+    dgate = torch.empty_like(gate) if has_gate else None
+    chunk_gradient_kernel[(num_chunks, batch * heads)](
+        q, k, v, beta, resets, saved.chunk_states, dstates, do,
+        gate if has_gate else do, o_kv if o_kv is not None else do,
+        dq, dk_, dv, dbeta, dgate if has_gate else dq,
+        steps, heads, scale, BLOCK_DV=block_size(dv_dim), **common,
     )
-    return (dq, dk_, dv, dbeta, dstate) + ((dgate,) if gate is not None else ())
+    return (dq, dk_, dv, dbeta, dstate) + ((dgate,) if has_gate else ())
 
 
 class DeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, resets, state, scale, config):
-        needs_grad = any(ctx.needs_input_grad)
-        o, final, chunk_states = forward(q, k, v, beta, resets, state, scale, config, needs_grad)
-        ctx.save_for_backward(q, k, v, beta, resets, chunk_states)
+        result = forward(q, k, v, beta, resets, state, scale, config, save_for_backward=any(ctx.needs_input_grad))
+        ctx.save_for_backward(q, k, v, beta, resets, result.chunk_states, result.w)
         ctx.scale, ctx.config = scale, config
-        return o, final
+        return result.o, result.final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, resets, chunk_states = ctx.saved_tensors
+        q, k, v, beta, resets, chunk_states, w = ctx.saved_tensors
         dq, dk, dv, dbeta, dstate = backward(
-            q, k, v, beta, resets, chunk_states, do.contiguous(), dfinal.contiguous(), ctx.scale, ctx.config
+            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w), do.contiguous(),
+            dfinal.contiguous(), ctx.scale, ctx.config,
         )
         return dq, dk, dv, dbeta, None, dstate, None, None
 
