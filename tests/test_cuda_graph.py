@@ -41,10 +41,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def make_policy(core_name: str) -> Policy:
+def make_policy(core_name: str, logit_scale: float = 1.0) -> Policy:
+    """A policy on DEVICE; `logit_scale` scales its initial (near-uniform) action logits."""
     torch.manual_seed(0)
     core = build_core(core_name, input_dim=WIDTH, hidden_dim=WIDTH, **CORES[core_name])
-    return Policy(OBSERVATION_SPACE, ACTION_SPACE, core, head_dim=32).to(DEVICE).eval()
+    policy = Policy(OBSERVATION_SPACE, ACTION_SPACE, core, head_dim=32)
+    with torch.no_grad():
+        policy.action_head.net[-1].weight.mul_(logit_scale)
+    return policy.to(DEVICE).eval()
 
 
 def acting_inputs(steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -65,7 +69,7 @@ def acting_inputs(steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("graph", GRAPH_MODES)
 @pytest.mark.parametrize("core_name", list(CORES))
 def test_captured_acting_equals_eager_acting(core_name, graph):
-    policy = make_policy(core_name)
+    policy = make_policy(core_name, logit_scale=100.0)  # greedy actions without near-ties
     inputs = acting_inputs(STEPS)
     eager_state = policy.initial_state(ENVS, device=DEVICE)
     act = functools.partial(policy.act, greedy=True, in_place=True)
@@ -88,7 +92,7 @@ def test_captured_acting_equals_eager_acting(core_name, graph):
 def test_sampling_draws_fresh_numbers_at_every_call(graph):
     """Gumbel-max sampling in the step: the same inputs on every call (the state is copied in afresh)
     give different actions from call to call, with the policy's probabilities."""
-    policy = make_policy("hqlt")
+    policy = make_policy("hqlt", logit_scale=100.0)  # action probabilities from about 0.05 to 0.55
     inputs = {name: value[0] for name, value in acting_inputs(1, seed=1).items()}
     state = policy.initial_state(ENVS, device=DEVICE)
     act = functools.partial(policy.act, greedy=False, in_place=True)
