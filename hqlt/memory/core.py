@@ -8,10 +8,10 @@ detach and `torch.save` it without knowing the core.
     y, new_state = core(x, state, resets)                 # functional: `state` stays as it was
     y, state = core(x, state, resets, in_place=True)      # the tensors of `state` now hold the new state
 
-`in_place=True` is for acting (no gradients through the state): the call writes the new state into
-the given tensors and returns a dict of those same tensors, with the same values as the functional
-call. A rollout then never allocates state, and a captured CUDA graph of the step finds its state in
-its static buffers. Cores whose step updates a large state update it in place directly (the
+`in_place=True` is for acting, without gradients (under no_grad or inference_mode): the call writes
+the new state into the given tensors and returns a dict of those same tensors, with the same values
+as the functional call. A rollout then never allocates state, and a captured CUDA graph of the step
+finds its state in its static buffers. Cores whose step updates a large state update it in place directly (the
 attention family's KV rings, and Synchronous HQLT's whole step through the fused step op); for any
 other entry `forward` copies the new value into the given tensor.
 """
@@ -70,8 +70,12 @@ class MemoryCore(nn.Module, ABC):
         the tensors of `state` holding the new values.
         """
         self._check_inputs(x, state, resets)
-        if in_place:
-            self._check_in_place(state)
+        if in_place and torch.is_grad_enabled():
+            # Autograd may keep the old state for the backward pass, which the call overwrites.
+            raise RuntimeError(
+                "in_place=True is for acting without gradients: call it under torch.no_grad() or "
+                "torch.inference_mode(), or call the core functionally (in_place=False)"
+            )
         run = self._forward_in_place if in_place else self._forward
         diagnostics: dict[str, Tensor] | None = {} if self.record_diagnostics else None
         y, new_state = run(x, dict(state), resets, diagnostics)
@@ -110,13 +114,6 @@ class MemoryCore(nn.Module, ABC):
         batch_size = self._check_state(state)
         if batch_size != x.shape[0]:
             raise ValueError(f"the state holds {batch_size} rows but x has batch size {x.shape[0]}")
-
-    def _check_in_place(self, state: Mapping[str, Tensor]) -> None:
-        if torch.is_grad_enabled() and any(value.requires_grad for value in state.values()):
-            raise ValueError(
-                "in_place=True writes the new state into the given tensors, which cannot require grad; "
-                "detach the state or call the core functionally (in_place=False)"
-            )
 
     def _check_state(self, state: Mapping[str, Tensor]) -> int:
         """Check that `state` belongs to this core; returns its batch size."""
