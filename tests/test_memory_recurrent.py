@@ -1,5 +1,5 @@
-"""LSTM and GRU cores: the three ways of running a layer (fused cell, one fused call, episodes as rows)
-agree in outputs, final state and gradients, with resets placed where each path has an edge case."""
+"""LSTM and GRU cores: sequence mode (episodes as rows of fused calls, split where rows end) equals step
+mode (fused cells) in outputs, final state and gradients, with resets at the layout's edge cases."""
 
 from __future__ import annotations
 
@@ -72,14 +72,15 @@ def test_sequence_mode_equals_steps_with_gradients(kind, num_layers):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m: f"tensor {index}: {m}")
 
 
-def test_segments_lay_out_episodes_as_right_padded_rows():
+def test_segments_lay_out_episodes_longest_first_with_blocks_ending_at_last_segments():
     resets = torch.tensor([[True, False, True, False, False], [False, False, False, True, False]])
     segments = Segments.cut(resets)
-    # Segments: row 0 -> steps 0-1, 2-4; row 1 -> steps 0-2, 3-4.
-    assert (segments.num_segments, segments.max_length, segments.last_span) == (4, 3, 3)
-    assert segments.first.tolist() == [0, 2] and segments.last.tolist() == [1, 3]
-    assert segments.last_lengths.tolist() == [3, 2]
+    # Segments: row 0 -> steps 0-1, 2-4; row 1 -> steps 0-2, 3-4; longest first (stable): 0:2-4, 1:0-2, 0:0-1, 1:3-4.
+    assert (segments.num_segments, segments.max_length) == (4, 3)
+    assert segments.first.tolist() == [2, 1] and segments.last.tolist() == [0, 3]
+    # Row 1's last segment ends after 2 steps, row 0's after 3: blocks end there; block 1 needs only 2 rows.
+    assert segments.blocks == ((0, 2, 4), (2, 3, 2)) and segments.last_block.tolist() == [1, 0]
     x = torch.arange(10.0).view(2, 5, 1) + 1
     padded = segments.pad(x)
-    assert padded[..., 0].tolist() == [[1, 2, 0], [3, 4, 5], [6, 7, 8], [9, 10, 0]]
+    assert padded[..., 0].tolist() == [[3, 4, 5], [6, 7, 8], [1, 2, 0], [9, 10, 0]]
     assert torch.equal(segments.unpad(padded, batch=2), x)
