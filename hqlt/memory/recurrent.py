@@ -6,9 +6,13 @@ Each layer is a one-layer `nn.LSTM`/`nn.GRU` (cuDNN on CUDA, oneDNN on CPU), run
   its resets into segments, laid out longest first as right-padded rows `[M, max_length]`; a segment
   starts from zeros, or from the carried state for a row's first segment unless it starts an episode.
   The fused call then needs no reset inside, and its sequential depth is the longest segment, not T.
-  The call is split in time where rows' last segments end (at most B + 1 calls, one without inner
-  resets), so that each row's final state is the state a call returns, and segments that have ended
-  drop out of the later calls.
+  The call is split in time where rows' last segments end (at most B + 1 calls per layer; one when no
+  reset falls inside the sequence), so that each row's final state is a state that a call returns, and
+  segments that have ended drop out of the later calls.
+
+Why: one fused call per stretch between reset steps over the original rows makes many narrow calls,
+each paying the kernel's fixed cost and running the full depth T on a few rows (benchmarks/RESULTS.md,
+Training SPS).
 """
 
 from __future__ import annotations
