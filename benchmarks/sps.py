@@ -111,16 +111,21 @@ def main() -> None:
     torch.set_num_threads(1)
 
     best: dict[str, float] = {}
+    loads = [os.getloadavg()[0]]
     with TemporaryDirectory() as log_dir:
-        for _ in range(args.repeats):
-            for name, measure in (
-                ("RecurrentPPO (sb3-contrib, LSTM 256)", lambda: recurrent_ppo(args)),
-                ("hqlt PPO, lstm core (256)", lambda: ours("lstm", args, log_dir)),
-                ("hqlt PPO, hqlt core (256)", lambda: ours("hqlt", args, log_dir)),
-            ):
+        trainers = [
+            ("RecurrentPPO (sb3-contrib, LSTM 256)", lambda: recurrent_ppo(args)),
+            ("hqlt PPO, lstm core (256)", lambda: ours("lstm", args, log_dir)),
+            ("hqlt PPO, hqlt core (256)", lambda: ours("hqlt", args, log_dir)),
+        ]
+        for repeat in range(args.repeats):
+            # Each repeat starts one trainer later, so that no trainer always runs first (or last) as the load drifts.
+            for name, measure in trainers[repeat % 3 :] + trainers[: repeat % 3]:
                 sps = measure()
+                loads.append(os.getloadavg()[0])
                 best[name] = max(best.get(name, 0.0), sps)
-                print(f"{name}: {sps:.0f} steps/s", flush=True)
+                print(f"{name}: {sps:.0f} steps/s (load average {loads[-1]:.2f})", flush=True)
+    best = {name: best[name] for name, _ in trainers}
     peer = best["RecurrentPPO (sb3-contrib, LSTM 256)"]
     rows = [[name, f"{sps:.0f}", f"{sps / peer:.1f}x"] for name, sps in best.items()]
     table = markdown_table(["trainer", "steps/s", "vs RecurrentPPO"], rows)
@@ -132,7 +137,8 @@ def main() -> None:
             f"`python benchmarks/sps.py {' '.join(sys.argv[1:])}`: {args.env}, {args.num_envs} envs x "
             f"{args.rollout} steps per rollout, {EPOCHS} epochs x {NUM_MINIBATCHES} minibatches, {args.steps} "
             f"env steps per run, one torch thread, best of {args.repeats}, on {machine} "
-            "(shared with other engineers' jobs at the time).\n\n" + table,
+            f"(shared with other engineers' jobs; 1-minute load average {min(loads):.2f} to {max(loads):.2f} "
+            "during the run, this benchmark's own thread included).\n\n" + table,
         )
 
 
