@@ -2,7 +2,7 @@
 # Everything the kernels need from a GPU, in one call (logs under $OUT, a short summary last):
 #   tests  - tests/test_triton_kernels.py at realistic shapes
 #   bench  - benchmarks/kernels.py (core ops vs peers, rollout step under CUDA graphs)
-#   e2e    - PPO steps/s of train_rl.py with the hqlt core, reference ops vs Triton kernels
+#   e2e    - PPO steps/s of train_rl.py with the hqlt core, reference ops vs Triton kernels (after a warm-up run each)
 # Usage (repo root): bash benchmarks/gpu_suite.sh [tests] [bench] [e2e]    (default: tests bench)
 # Wheels missing on the machine (fla-core, gymnasium, ...) are installed from .whl/ when present.
 set -uo pipefail
@@ -36,12 +36,16 @@ if [[ $parts == *bench* ]]; then
 fi
 
 if [[ $parts == *e2e* ]]; then
+    # A short run per backend first fills Triton's compile cache, so that the measured run is steady state.
     for backend in reference triton; do
-        start=$SECONDS
-        HQLT_BACKEND=$backend timeout 240 python3 train_rl.py memory=hqlt env=repeat_previous_easy device=cuda \
-            total_steps=${E2E_STEPS:-65536} agent.num_envs=${E2E_ENVS:-64} progress=false eval.interval=10000000 \
-            log_dir="$OUT/runs_$backend" >"$OUT/e2e_$backend.log" 2>&1
-        summary+=("e2e $backend: exit $? $(grep -o '[0-9.]* steps/s' "$OUT/e2e_$backend.log" | tail -n 1) [$((SECONDS - start))s]")
+        for run in warmup measured; do
+            steps=$([[ $run == warmup ]] && echo 4096 || echo "${E2E_STEPS:-65536}")
+            start=$SECONDS
+            HQLT_BACKEND=$backend timeout 240 python3 train_rl.py memory=hqlt env=repeat_previous_easy device=cuda \
+                total_steps=$steps agent.num_envs=${E2E_ENVS:-64} progress=false eval.interval=10000000 \
+                log_dir="$OUT/runs_$backend" >"$OUT/e2e_${backend}_$run.log" 2>&1
+            summary+=("e2e $backend $run: exit $? $(grep -o '[0-9.]* steps/s' "$OUT/e2e_${backend}_$run.log" | tail -n 1) [$((SECONDS - start))s]")
+        done
     done
     rm -rf "$OUT"/runs_*
 fi
