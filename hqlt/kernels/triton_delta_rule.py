@@ -11,7 +11,7 @@ token's row of M and carry "no reset in the chunk". Everything that needs the [C
 is computed for all chunks in parallel; only the state recurrence walks the chunks, and it splits
 the value columns over programs (each column of S evolves on its own). The backward pass mirrors
 this: a reverse walk carries dS (columns split again) and stores it per chunk, then every chunk's
-gradients are computed in parallel from its stored S and dS_next.
+gradients are computed in parallel from its stored S, dS_next and T.
 """
 
 from __future__ import annotations
@@ -171,16 +171,18 @@ def load_rows(ptr, b, t, h, T, H, D, cols, mask):
 
 @triton.jit
 def _prepare_kernel(
-    k_ptr, v_ptr, beta_ptr, resets_ptr, w_ptr, u0_ptr,
+    k_ptr, v_ptr, beta_ptr, resets_ptr, w_ptr, u0_ptr, inverses_ptr,
     T, H,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PREC: tl.constexpr,
+    STORE_INVERSES: tl.constexpr, PREC: tl.constexpr,
 ):
-    """W = T diag(beta c) K and U0 = T diag(beta) V of one chunk (fp32, token layout)."""
+    """W = T diag(beta c) K and U0 = T diag(beta) V of one chunk (fp32, token layout) and, if asked,
+    T itself `[B, H, NC, C, C]` for the backward pass."""
     n = tl.program_id(0)
     pid = tl.program_id(1).to(tl.int64)
     b, h = pid // H, pid % H
-    t = n * CHUNK + tl.arange(0, CHUNK)
+    rows = tl.arange(0, CHUNK)
+    t = n * CHUNK + rows
     valid = t < T
     ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
     k_mask = valid[:, None] & (ck[None, :] < DK)
@@ -194,6 +196,9 @@ def _prepare_kernel(
     u0 = tl.dot(inverse, beta[:, None] * v, input_precision=PREC)
     tl.store(w_ptr + token_offsets(b, t, h, T, H, DK, ck), w, mask=k_mask)
     tl.store(u0_ptr + token_offsets(b, t, h, T, H, DV, cv), u0, mask=v_mask)
+    if STORE_INVERSES:
+        chunk_offset = (pid * tl.cdiv(T, CHUNK) + n) * CHUNK * CHUNK
+        tl.store(inverses_ptr + chunk_offset + rows[:, None] * CHUNK + rows[None, :], inverse)
 
 
 @triton.jit
@@ -282,15 +287,15 @@ def _state_gradient_kernel(
 
 @triton.jit
 def chunk_gradient_kernel(
-    q_ptr, k_ptr, v_ptr, beta_ptr, resets_ptr, chunk_states_ptr, dstates_ptr, do_ptr,
+    q_ptr, k_ptr, v_ptr, beta_ptr, resets_ptr, chunk_states_ptr, dstates_ptr, inverses_ptr, do_ptr,
     gate_ptr, o_kv_ptr,
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dgate_ptr,
     T, H, scale,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_GATE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dq, dk, dv, dbeta of one chunk from the state S entering it and the gradient dS_next of the
-    state leaving it. With HAS_GATE the output was gate * o_FW + (1 - gate) * o_KV: the incoming
+    """dq, dk, dv, dbeta of one chunk from the state S entering it, the gradient dS_next of the
+    state leaving it and its T = (I + A)^-1 (all stored by the earlier kernels). With HAS_GATE the output was gate * o_FW + (1 - gate) * o_KV: the incoming
     gradient is scaled by the gate and the gate's own gradient is written too."""
     n = tl.program_id(0)
     pid = tl.program_id(1).to(tl.int64)
@@ -314,11 +319,13 @@ def chunk_gradient_kernel(
     resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
     state = tl.load(chunk_states_ptr + state_offsets, mask=state_mask, other=0.0)
     dstate = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+    inverse = tl.load(inverses_ptr + (pid * num_chunks + n) * CHUNK * CHUNK + rows[:, None] * CHUNK + rows[None, :])
 
-    # Recompute the chunk's forward quantities.
+    # Recompute the chunk's other forward quantities.
     qn = feature_map(q)
     kn = feature_map(k)
-    inverse, kk, continues, same, in_last, carry = chunk_solve(kn, beta, resets, CHUNK, PREC)
+    continues, same, in_last, carry = chunk_episodes(resets)
+    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
     beta_c = tl.where(continues, beta, 0.0)
     ks = tl.dot(kn, state, input_precision=PREC)
     rhs = beta[:, None] * v - beta_c[:, None] * ks
@@ -362,12 +369,14 @@ def chunk_gradient_kernel(
 @dataclass
 class ForwardResult:
     """What the forward launch returns: o `[B, T, H, dv]`, the final state `[B, H, dk, dv]` and, when
-    kept for the backward, the chunk-start states `[B, H, NC, dk, dv]` and W `[B, T, H, dk]` (fp32)."""
+    kept for the backward, the chunk-start states `[B, H, NC, dk, dv]`, W `[B, T, H, dk]` and the
+    chunks' T = (I + A)^-1 `[B, H, NC, C, C]` (fp32)."""
 
     o: Tensor
     final: Tensor
     chunk_states: Tensor | None
     w: Tensor | None
+    inverses: Tensor | None
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: Tensor, scale: float,
@@ -381,8 +390,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
                   num_warps=config.num_warps)
     w = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     u0 = torch.empty(v.shape, device=q.device, dtype=torch.float32)
-    _prepare_kernel[(num_chunks, batch * heads)](k, v, beta, resets, w, u0, steps, heads, BLOCK_DV=block_size(dv),
-                                                 **common)
+    inverses = w.new_empty(batch, heads, num_chunks, config.chunk, config.chunk) if save_for_backward else w
+    _prepare_kernel[(num_chunks, batch * heads)](k, v, beta, resets, w, u0, inverses, steps, heads,
+                                                 BLOCK_DV=block_size(dv), STORE_INVERSES=save_for_backward, **common)
     o = torch.empty_like(v, dtype=out_dtype or v.dtype)
     final = torch.empty_like(state)
     chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if save_for_backward else final
@@ -391,8 +401,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
         BLOCK_V=config.value_block, STORE_CHUNK_STATES=save_for_backward, num_stages=config.num_stages, **common,
     )
     if save_for_backward:
-        return ForwardResult(o, final, chunk_states, w)
-    return ForwardResult(o, final, None, None)
+        return ForwardResult(o, final, chunk_states, w, inverses)
+    return ForwardResult(o, final, None, None, None)
 
 
 def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, saved: ForwardResult, do: Tensor,
@@ -419,7 +429,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
     dbeta = torch.empty_like(beta)
     dgate = torch.empty_like(gate) if has_gate else None
     chunk_gradient_kernel[(num_chunks, batch * heads)](
-        q, k, v, beta, resets, saved.chunk_states, dstates, do,
+        q, k, v, beta, resets, saved.chunk_states, dstates, saved.inverses, do,
         gate if has_gate else do, o_kv if o_kv is not None else do,
         dq, dk_, dv, dbeta, dgate if has_gate else dq,
         steps, heads, scale, BLOCK_DV=block_size(dv_dim), **common,
@@ -431,15 +441,15 @@ class DeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, resets, state, scale, config):
         result = forward(q, k, v, beta, resets, state, scale, config, save_for_backward=any(ctx.needs_input_grad))
-        ctx.save_for_backward(q, k, v, beta, resets, result.chunk_states, result.w)
+        ctx.save_for_backward(q, k, v, beta, resets, result.chunk_states, result.w, result.inverses)
         ctx.scale, ctx.config = scale, config
         return result.o, result.final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, resets, chunk_states, w = ctx.saved_tensors
+        q, k, v, beta, resets, chunk_states, w, inverses = ctx.saved_tensors
         dq, dk, dv, dbeta, dstate = backward(
-            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w), do.contiguous(),
+            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w, inverses), do.contiguous(),
             dfinal.contiguous(), ctx.scale, ctx.config,
         )
         return dq, dk, dv, dbeta, None, dstate, None, None

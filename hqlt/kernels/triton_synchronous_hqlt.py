@@ -25,17 +25,17 @@ class SynchronousHQLTFunction(torch.autograd.Function):
                                        save_for_backward=any(ctx.needs_input_grad), out_dtype=torch.float32)
         prepared = triton_window_attention.prepare(q, k, v, resets, cache_k, cache_v, cache_valid)
         o, o_kv, lse = triton_window_attention.forward(prepared, window, scale, v.dtype, gate=gate, o_fw=fw.o)
-        ctx.save_for_backward(q, k, v, beta, gate, resets, fw.chunk_states, fw.w, prepared.qr, prepared.kr,
+        ctx.save_for_backward(q, k, v, beta, gate, resets, fw.chunk_states, fw.w, fw.inverses, prepared.qr, prepared.kr,
                               prepared.vc, prepared.episode, o_kv, lse)
         ctx.window, ctx.scale, ctx.config = window, scale, config
         return o, fw.final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, gate, resets, chunk_states, w, qr, kr, vc, episode, o_kv, lse = ctx.saved_tensors
+        q, k, v, beta, gate, resets, chunk_states, w, inverses, qr, kr, vc, episode, o_kv, lse = ctx.saved_tensors
         do = do.contiguous()
         dq_fw, dk_fw, dv_fw, dbeta, dstate, dgate = triton_delta_rule.backward(
-            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w), do, dfinal.contiguous(), ctx.scale,
+            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w, inverses), do, dfinal.contiguous(), ctx.scale,
             ctx.config, gate=gate, o_kv=o_kv, grad_dtype=torch.float32,
         )
         dq, dk, dv, dcache_k, dcache_v = triton_window_attention.backward(
