@@ -168,13 +168,29 @@ def test_unsupported_inputs_give_clear_errors():
         kernels.window_attention(q, q, q, resets, q[:, :0], q[:, :0], resets[:, :0], window=0, backend="triton")
 
 
+def test_an_op_without_a_triton_kernel_runs_the_reference_with_one_warning(monkeypatch):
+    """Asked for by argument or by HQLT_BACKEND alike (linear attention has no Triton kernel)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (_randn(g, 2, 5, 1, 8) for _ in range(3))
+    resets, state, normalizer = torch.zeros(2, 5, dtype=torch.bool).to(DEVICE), q.new_zeros(2, 1, 8, 8), q.new_zeros(2, 1, 8)
+    expected = reference.linear_attention(q, k, v, resets, state, normalizer)
+    kernels._warn_no_kernel.cache_clear()
+    monkeypatch.setenv("HQLT_BACKEND", "triton")
+    with pytest.warns(UserWarning, match="'linear_attention' has no Triton kernel") as caught:
+        by_variable = kernels.linear_attention(q, k, v, resets, state, normalizer)
+        by_argument = kernels.linear_attention(q, k, v, resets, state, normalizer, backend="triton")
+    assert len(caught) == 1
+    for actual in (by_variable, by_argument):
+        for a, b in zip(actual, expected):
+            torch.testing.assert_close(a, b)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim,window", [(64, 64), (128, 100)] if CUDA else [(16, 6), (128, 40)])
 def test_rollout_step_matches_sequence_op(dtype, dim, window):
     """T steps of the in-place step op (ring buffer, advance_ring between steps) equal one call of the
-    sequence op on the same T steps, for the reference step and the Triton step kernel (at head dim
-    128 the kernel walks the ring in several blocks)."""
+    sequence op on the same T steps, for the reference step and the Triton step kernel (which walks
+    the ring in several blocks)."""
     batch, heads = (256, 4) if CUDA else (3, 2)
     steps = 2 * window + 3
     g = torch.Generator().manual_seed(7)
