@@ -210,36 +210,34 @@ class MemoryMixer(nn.Module):
         )
         return o, {"fw": fw, "fw_normalizer": normalizer}
 
-    def _fw_weight(self, gate: Tensor) -> Tensor | None:
-        """The weight on o_FW `[B, T, H, d]`-broadcastable, or None when the mixer has no weights."""
+    def _mix_weights(self, gate: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The weights on o_FW and on o_KV, `[B, T, H, d]`-broadcastable, from the mixer's sigmoids
+        gate `[B, T, gate_width]`; None for the plain sum."""
         if self.mixer == "scalar":
-            return self.mix_weights[0]
+            return self.mix_weights[0], self.mix_weights[1]
         if self.mixer == "dynamic_scalar":
-            return gate[..., : self.num_heads, None]
+            return gate[..., : self.num_heads, None], gate[..., self.num_heads :, None]
         if self.mixer == "dynamic_vector":
-            return gate.view(*gate.shape[:2], self.num_heads, self.head_dim)
+            weight = gate.view(*gate.shape[:2], self.num_heads, self.head_dim)
+            return weight, 1 - weight
         return None
 
     def _mix(self, o_fw: Tensor | None, o_kv: Tensor | None, gate: Tensor) -> Tensor:
         """Mix o_FW and o_KV `[B, T, H, d]`; gate: the mixer's sigmoids `[B, T, gate_width]`."""
         if o_kv is None or o_fw is None:
             return o_kv if o_fw is None else o_fw
-        if self.mixer == "sum":
+        weights = self._mix_weights(gate)
+        if weights is None:
             return o_fw + o_kv
-        if self.mixer == "scalar":
-            return self.mix_weights[0] * o_fw + self.mix_weights[1] * o_kv
-        if self.mixer == "dynamic_scalar":
-            return gate[..., : self.num_heads, None] * o_fw + gate[..., self.num_heads :, None] * o_kv
-        weight = self._fw_weight(gate)
-        return weight * o_fw + (1 - weight) * o_kv
+        return weights[0] * o_fw + weights[1] * o_kv
 
     def _diagnose(
         self, diagnostics: dict[str, Tensor], q: Tensor, k: Tensor, gate: Tensor, new_state: State,
         segment: Segment | None, cache_k: Tensor | None,
     ) -> None:
-        weight = self._fw_weight(gate)
-        if weight is not None:
-            diagnostics["gate_mean"] = weight.float().mean()
+        weights = self._mix_weights(gate)
+        if weights is not None:
+            diagnostics["gate_mean"] = weights[0].float().mean()
         if self.fw_memory:
             diagnostics["fw_state_norm"] = torch.linalg.matrix_norm(new_state["fw"].float()).mean()
         if self.window:
