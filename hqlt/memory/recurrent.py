@@ -108,8 +108,8 @@ class RecurrentCore(MemoryCore):
         return {name: torch.zeros(shape, device=device, dtype=dtype) for name in self.state_names}
 
     def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
-        carried = (~resets[:, 0, None]).to(x.dtype)  # [B, 1]: the incoming state survives step 0
-        state = {name: value * carried[:, :, None] for name, value in state.items()}
+        starting = resets[:, :1, None]  # [B, 1, 1]: rows whose step 0 starts an episode begin from zeros
+        state = {name: value.masked_fill(starting, 0.0) for name, value in state.items()}
         if x.shape[1] == 1:
             return self._step(x[:, 0], state)
         segments = Segments.cut(resets)
