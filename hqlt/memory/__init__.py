@@ -3,6 +3,7 @@
     core = build_core(name, input_dim=..., hidden_dim=..., **options)   # name in CORE_NAMES
     state = core.initial_state(batch_size, device)                      # dict of [B, ...] tensors
     y, state = core(x, state, resets)         # x [B, T, input_dim] float, resets bool [B, T]
+    y, state = core(x, state, resets, in_place=True)   # no grad: new state written into the given tensors
     state = core.reset_state(state, done)     # done bool [B]
     core.record_diagnostics = True            # forwards then fill core.last_diagnostics
 """
