@@ -84,3 +84,18 @@ def test_segments_lay_out_episodes_longest_first_with_blocks_ending_at_last_segm
     padded = segments.pad(x)
     assert padded[..., 0].tolist() == [[3, 4, 5], [6, 7, 8], [1, 2, 0], [9, 10, 0]]
     assert torch.equal(segments.unpad(padded, batch=2), x)
+
+
+def test_state_keys_are_read_by_name():
+    torch.manual_seed(0)
+    core = build_core("lstm", input_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM)
+    resets = edge_case_resets()
+    x = torch.randn(resets.shape[0], STEPS, INPUT_DIM)
+    state = {name: torch.randn_like(value) for name, value in core.initial_state(resets.shape[0]).items()}
+    reordered = {name: state[name] for name in reversed(list(state))}
+    with torch.no_grad():
+        for actual, expected in zip(core(x, reordered, resets), core(x, state, resets)):
+            if isinstance(expected, dict):
+                assert all(torch.equal(actual[name], expected[name]) for name in expected)
+            else:
+                assert torch.equal(actual, expected)

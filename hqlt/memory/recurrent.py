@@ -109,16 +109,17 @@ class RecurrentCore(MemoryCore):
 
     def _forward(self, x: Tensor, state: State, resets: Tensor, diagnostics: dict[str, Tensor] | None) -> tuple[Tensor, State]:
         starting = resets[:, :1, None]  # [B, 1, 1]: rows whose step 0 starts an episode begin from zeros
-        state = {name: value.masked_fill(starting, 0.0) for name, value in state.items()}
+        state = {name: state[name].masked_fill(starting, 0.0) for name in self.state_names}
         if x.shape[1] == 1:
             return self._step(x[:, 0], state)
         segments = Segments.cut(resets)
         inputs = segments.pad(x)
         final: dict[str, list[Tensor]] = {name: [] for name in self.state_names}
         for index, layer in enumerate(self.layers):
+            carried = [state[name][:, index] for name in self.state_names]  # each [B, hidden_dim]
             initial = [  # [M, hidden_dim]: first segments start from the carried state, the others from zeros
-                value.new_zeros(segments.num_segments, self.hidden_dim).index_copy(0, segments.first, value[:, index])
-                for value in state.values()
+                value.new_zeros(segments.num_segments, self.hidden_dim).index_copy(0, segments.first, value)
+                for value in carried
             ]
             inputs, ends = self._layer_sequence(layer, inputs, initial, segments)
             for name, end in zip(self.state_names, ends):
