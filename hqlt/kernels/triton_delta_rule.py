@@ -144,17 +144,6 @@ def unit_lower_inverse(a, CHUNK: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def chunk_solve(kn, beta, resets, CHUNK: tl.constexpr, PREC: tl.constexpr):
-    """The chunk's T = (I + A)^-1 `[C, C]`, K K^T `[C, C]` and episode bookkeeping (see
-    `chunk_episodes`) from normalised keys kn `[C, dk]`, beta `[C]` and int32 resets `[C]`."""
-    continues, same, in_last, carry = chunk_episodes(resets)
-    rows = tl.arange(0, CHUNK)
-    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
-    a = tl.where((rows[:, None] > rows[None, :]) & same, beta[:, None] * kk, 0.0)
-    return unit_lower_inverse(a, CHUNK, PREC), kk, continues, same, in_last, carry
-
-
-@triton.jit
 def token_offsets(b, t, h, T, H, D, cols):
     """Element offsets `[C, BLOCK]` of rows t, columns `cols` of a contiguous `[B, T, H, D]` tensor."""
     return ((b * T + t[:, None]) * H + h) * D + cols[None, :]
@@ -191,7 +180,9 @@ def _prepare_kernel(
     v = load_rows(v_ptr, b, t, h, T, H, DV, cv, v_mask)
     beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
     resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
-    inverse, _, continues, _, _, _ = chunk_solve(kn, beta, resets, CHUNK, PREC)
+    continues, same, _, _ = chunk_episodes(resets)
+    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
+    inverse = unit_lower_inverse(tl.where((rows[:, None] > rows[None, :]) & same, beta[:, None] * kk, 0.0), CHUNK, PREC)
     w = tl.dot(inverse, tl.where(continues, beta, 0.0)[:, None] * kn, input_precision=PREC)
     u0 = tl.dot(inverse, beta[:, None] * v, input_precision=PREC)
     tl.store(w_ptr + token_offsets(b, t, h, T, H, DK, ck), w, mask=k_mask)

@@ -64,25 +64,6 @@ def key_episodes(resets: Tensor, cache_valid: Tensor) -> Tensor:
 
 
 @triton.jit
-def rope(x, positions, inv_freq_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr,
-         PREC: tl.constexpr):
-    """Rotate-half RoPE of rows x `[N, BLOCK_D]` fp32 at fp32 `positions [N]`; INVERSE applies the
-    transposed rotation (for gradients). The half swap is a signed permutation matrix product."""
-    cols = tl.arange(0, BLOCK_D)
-    half = D // 2
-    in_first_half = cols < half
-    partner = tl.where(in_first_half, cols + half, cols - half)
-    swap = tl.where((cols[:, None] == partner[None, :]) & (cols[None, :] < D),
-                    tl.where(in_first_half, -1.0, 1.0)[None, :], 0.0)
-    inv_freq = tl.load(inv_freq_ptr + cols % half, mask=cols < D, other=0.0)
-    angles = positions[:, None] * inv_freq[None, :]
-    cos, sin = tl.cos(angles), tl.sin(angles)
-    if INVERSE:
-        return x * cos - tl.dot(x * sin, swap, input_precision=PREC)
-    return x * cos + tl.dot(x, swap, input_precision=PREC) * sin
-
-
-@triton.jit
 def _rope_kernel(
     cache_in_ptr, segment_in_ptr, cache_out_ptr, segment_out_ptr, add_ptr, inv_freq_ptr,
     P, H, CACHED_IN, CACHED_OUT, offset,
