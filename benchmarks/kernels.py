@@ -7,8 +7,8 @@ episode mask; cuDNN LSTM and a per-step LSTM loop with done masks (width 256). P
 preferred layouts and masks/offsets built outside the timed region.
 
 Part 2, one rollout step of 1024 envs under CUDA graphs: the policy (`hqlt.agents.Policy`) with an
-LSTM core against the same policy with a 3-layer HQLT core (width 256, 4 heads, window 64), through
-the core's own step path and through the fused in-place step op.
+LSTM core against the same policy with a 3-layer HQLT core (width 256, 4 heads, window 64), stepping
+functionally (new state tensors each step) and in place (`in_place=True`, as the collector acts).
 
     PYTHONPATH=. python benchmarks/kernels.py --record        # full run, records benchmarks/RESULTS.md
     PYTHONPATH=. python benchmarks/kernels.py --save-dir out  # also writes the section bodies there
