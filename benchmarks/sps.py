@@ -5,7 +5,8 @@
 
 Both sides train on the same env (hqlt.envs.make, in-process vector envs), with the same number of
 envs, rollout length, PPO epochs and minibatch count, on the CPU with one torch thread, in this
-process one after the other. The peer is RecurrentPPO("MlpLstmPolicy") with lstm_hidden_size=256
+process one after the other (with --repeats, in a rotated order each time; the best of each is kept,
+and the 1-minute load average is printed after each). The peer is RecurrentPPO("MlpLstmPolicy") with lstm_hidden_size=256
 (its default separate critic LSTM kept); ours runs the `lstm` core (hidden 256) and `hqlt`.
 Needs `pip install sb3-contrib` (a benchmark-only dependency).
 """
