@@ -137,3 +137,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step0000000032.pt"]
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "step0000000032.pt")
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+
+
+def test_capture_key_reaches_both_collectors_and_trains_the_same(tmp_path):
+    """`capture=true` on the CPU runs the captured-step protocol eagerly: same parameters as without."""
+    models = {}
+    for capture in (True, False):
+        cfg = tiny_config(tmp_path / str(capture), f"capture={str(capture).lower()}", f"total_steps={2 * STEPS_PER_UPDATE}")
+        trainer = Trainer(cfg)
+        assert (trainer.collector.capture, trainer.eval_collector.capture) == (capture, capture)
+        trainer.run()
+        models[capture] = {name: value.clone() for name, value in trainer.policy.state_dict().items()}
+    for name, value in models[False].items():
+        torch.testing.assert_close(models[True][name], value, rtol=0, atol=0, msg=name)

@@ -154,8 +154,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         sequence_length = agent.sequence_length or agent.rollout_length
-        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length)
-        self.eval_collector = Collector(self.policy, eval_envs, self.device, 1, 1)
+        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture)
+        self.eval_collector = Collector(self.policy, eval_envs, self.device, 1, 1, cfg.capture)
         self.steps_per_update = agent.num_envs * agent.rollout_length
         self.num_updates = math.ceil(cfg.total_steps / self.steps_per_update)
         self.update = 0
