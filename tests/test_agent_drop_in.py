@@ -5,18 +5,8 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "drop_in.py"
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("core", ["lstm", "hqlt"])

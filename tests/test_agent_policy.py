@@ -22,15 +22,6 @@ ACTIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sample(space: spaces.Space, batch: tuple[int, ...]) -> torch.Tensor:
     values = np.stack([space.sample() for _ in range(int(np.prod(batch)))])
     values = values.reshape(*batch, *values.shape[1:]) if values.ndim > 1 else values.reshape(*batch, 1)

@@ -21,15 +21,6 @@ NUM_ENVS, ROLLOUT_LENGTH = 4, 48
 ENV_ID, TIME_LIMIT = "hqlt/CartPolePositionOnly-v0", 14
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class RecordFinalObs(VectorWrapper):
     """Keeps every info["final_obs"] by step index, for checking the truncation bootstrap."""
 

@@ -33,14 +33,6 @@ CORES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_policy(core_name: str, logit_scale: float = 1.0) -> Policy:
     """A policy on DEVICE; `logit_scale` scales its initial (near-uniform) action logits."""
     torch.manual_seed(0)

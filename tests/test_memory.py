@@ -43,15 +43,6 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: one intra-op thread is much faster, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_core(config_id: str):
     torch.manual_seed(0)
     name, options = CONFIGS[config_id]

@@ -12,14 +12,6 @@ from hqlt.memory.recurrent import Segments
 INPUT_DIM, HIDDEN_DIM, STEPS = 3, 6, 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def edge_case_resets() -> torch.Tensor:
     """Rows (each cut into segments of other lengths): the last segment is the longest; the last segment is
     a single step; consecutive resets and a reset at t=0; no reset at all; random resets."""

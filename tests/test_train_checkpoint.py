@@ -15,15 +15,6 @@ from hqlt.configs import compose
 STEPS_PER_UPDATE = 2 * 8
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small models run fastest on one thread; with more, OpenMP spin-waits against other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(tmp_path, *extra):
     return compose(
         [
