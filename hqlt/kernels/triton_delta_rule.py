@@ -155,6 +155,32 @@ def load_rows(ptr, b, t, h, T, H, D, cols, mask):
     return tl.load(ptr + token_offsets(b, t, h, T, H, D, cols), mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def state_columns(DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The state walks' share of a `[dk, dv]` state: value columns [BLOCK_V * program_id(1), ...).
+    Returns the key and value column indices, the block's offsets in one state and its mask."""
+    ck = tl.arange(0, BLOCK_DK)
+    cv = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    return ck, cv, ck[:, None] * DV + cv[None, :], (ck[:, None] < DK) & (cv[None, :] < DV)
+
+
+@triton.jit
+def walk_chunk(n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv,
+               DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, PREC: tl.constexpr):
+    """What both state walks read of chunk n: its steps t `[C]`, the value-column mask `[C, BLOCK_V]`,
+    phi(q), phi(k), W `[C, dk]`, the episode flags and the causal same-episode scores phi(q) phi(k)^T."""
+    rows = tl.arange(0, CHUNK)
+    t = n * CHUNK + rows
+    valid = t < T
+    k_mask = valid[:, None] & (ck[None, :] < DK)
+    qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
+    kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
+    w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
+    continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
+    scores = tl.where((rows[:, None] >= rows[None, :]) & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
+    return t, valid[:, None] & (cv[None, :] < DV), qn, kn, w, continues, in_last, carry, scores
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -203,28 +229,15 @@ def _forward_kernel(
     final state and (if asked) the state entering every chunk `[B, H, NC, dk, dv]`."""
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
-    rows = tl.arange(0, CHUNK)
-    causal = rows[:, None] >= rows[None, :]
-    ck = tl.arange(0, BLOCK_DK)
-    cv = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    state_offsets = ck[:, None] * DV + cv[None, :]
-    state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
+    ck, cv, state_offsets, state_mask = state_columns(DK, DV, BLOCK_DK, BLOCK_V)
     state = tl.load(state_ptr + pid * DK * DV + state_offsets, mask=state_mask, other=0.0)
     num_chunks = tl.cdiv(T, CHUNK)
     for n in range(num_chunks):
-        t = n * CHUNK + rows
-        valid = t < T
-        k_mask = valid[:, None] & (ck[None, :] < DK)
-        v_mask = valid[:, None] & (cv[None, :] < DV)
-        qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
-        kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
-        w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
-        u0 = load_rows(u0_ptr, b, t, h, T, H, DV, cv, v_mask)
-        continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
+        t, v_mask, qn, kn, w, continues, in_last, carry, scores = walk_chunk(
+            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, PREC)
         if STORE_CHUNK_STATES:
             tl.store(chunk_states_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, state, mask=state_mask)
-        u = u0 - tl.dot(w, state, input_precision=PREC)
-        scores = tl.where(causal & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
+        u = load_rows(u0_ptr, b, t, h, T, H, DV, cv, v_mask) - tl.dot(w, state, input_precision=PREC)
         from_state = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
         o = (from_state + tl.dot(scores, u, input_precision=PREC)) * scale
         tl.store(o_ptr + token_offsets(b, t, h, T, H, DV, cv), o, mask=v_mask)
@@ -245,29 +258,17 @@ def _state_gradient_kernel(
     HAS_GATE the output was gate * o_FW + ..., so the incoming gradient is scaled by the gate."""
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
-    rows = tl.arange(0, CHUNK)
-    causal = rows[:, None] >= rows[None, :]
-    ck = tl.arange(0, BLOCK_DK)
-    cv = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    state_offsets = ck[:, None] * DV + cv[None, :]
-    state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
+    ck, cv, state_offsets, state_mask = state_columns(DK, DV, BLOCK_DK, BLOCK_V)
     dstate = tl.load(dfinal_ptr + pid * DK * DV + state_offsets, mask=state_mask, other=0.0)
     num_chunks = tl.cdiv(T, CHUNK)
     for i in range(num_chunks):
         n = num_chunks - 1 - i
-        t = n * CHUNK + rows
-        valid = t < T
-        k_mask = valid[:, None] & (ck[None, :] < DK)
-        v_mask = valid[:, None] & (cv[None, :] < DV)
+        t, v_mask, qn, kn, w, continues, in_last, carry, scores = walk_chunk(
+            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, PREC)
         tl.store(dstates_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, dstate, mask=state_mask)
-        qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
-        kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
-        w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
         g = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask) * scale
         if HAS_GATE:
             g = g * load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
-        continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
-        scores = tl.where(causal & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
         du = tl.dot(tl.trans(scores), g, input_precision=PREC)
         du += tl.where(in_last[:, None], tl.dot(kn, dstate, input_precision=PREC), 0.0)
         dstate = (tl.where(carry, dstate, 0.0)
