@@ -17,6 +17,7 @@ gradients are computed in parallel from its stored S, dS_next and T.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -358,23 +359,21 @@ def chunk_gradient_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-@dataclass
-class ForwardResult:
-    """What the forward launch returns: o `[B, T, H, dv]`, the final state `[B, H, dk, dv]` and, when
-    kept for the backward, the chunk-start states `[B, H, NC, dk, dv]`, W `[B, T, H, dk]` and the
-    chunks' T = (I + A)^-1 `[B, H, NC, C, C]` (fp32)."""
+class Saved(NamedTuple):
+    """What the forward kernels keep for the backward ones (fp32): the chunk-start states
+    `[B, H, NC, dk, dv]`, W `[B, T, H, dk]` and the chunks' T = (I + A)^-1 `[B, H, NC, C, C]`."""
 
-    o: Tensor
-    final: Tensor
-    chunk_states: Tensor | None
-    w: Tensor | None
-    inverses: Tensor | None
+    chunk_states: Tensor
+    w: Tensor
+    inverses: Tensor
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state: Tensor, scale: float,
-            config: ChunkConfig, save_for_backward: bool, out_dtype: torch.dtype | None = None) -> ForwardResult:
+            config: ChunkConfig, save_for_backward: bool,
+            out_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Saved | None]:
     """Launch the forward kernels on contiguous inputs (q, k `[B, T, H, dk]`, v `[B, T, H, dv]`,
-    beta `[B, T, H]`, resets `[B, T]`, fp32 state `[B, H, dk, dv]`); o in `out_dtype` (default v's)."""
+    beta `[B, T, H]`, resets `[B, T]`, fp32 state `[B, H, dk, dv]`). Returns o `[B, T, H, dv]` in
+    `out_dtype` (default v's), the final state and, if asked, what the backward pass needs."""
     batch, steps, heads, dk = q.shape
     dv = v.shape[-1]
     num_chunks = triton.cdiv(steps, config.chunk)
@@ -392,12 +391,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
         q, k, w, u0, resets, state, o, final, chunk_states, steps, heads, scale,
         BLOCK_V=config.value_block, STORE_CHUNK_STATES=save_for_backward, num_stages=config.num_stages, **common,
     )
-    if save_for_backward:
-        return ForwardResult(o, final, chunk_states, w, inverses)
-    return ForwardResult(o, final, None, None, None)
+    return o, final, Saved(chunk_states, w, inverses) if save_for_backward else None
 
 
-def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, saved: ForwardResult, do: Tensor,
+def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, saved: Saved, do: Tensor,
              dfinal: Tensor, scale: float, config: ChunkConfig, gate: Tensor | None = None,
              o_kv: Tensor | None = None, grad_dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
     """Launch the backward kernels with the forward's `config` and `saved` results. Returns dq, dk, dv
@@ -432,17 +429,18 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
 class DeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, resets, state, scale, config):
-        result = forward(q, k, v, beta, resets, state, scale, config, save_for_backward=any(ctx.needs_input_grad))
-        ctx.save_for_backward(q, k, v, beta, resets, result.chunk_states, result.w, result.inverses)
+        o, final, saved = forward(q, k, v, beta, resets, state, scale, config,
+                                  save_for_backward=any(ctx.needs_input_grad))
+        if saved is not None:
+            ctx.save_for_backward(q, k, v, beta, resets, *saved)
         ctx.scale, ctx.config = scale, config
-        return result.o, result.final
+        return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, resets, chunk_states, w, inverses = ctx.saved_tensors
+        q, k, v, beta, resets, *saved = ctx.saved_tensors
         dq, dk, dv, dbeta, dstate = backward(
-            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w, inverses), do.contiguous(),
-            dfinal.contiguous(), ctx.scale, ctx.config,
+            q, k, v, beta, resets, Saved(*saved), do.contiguous(), dfinal.contiguous(), ctx.scale, ctx.config,
         )
         return dq, dk, dv, dbeta, None, dstate, None, None
 

@@ -14,33 +14,35 @@ import torch
 from torch import Tensor
 
 from hqlt.kernels import triton_delta_rule, triton_window_attention
-from hqlt.kernels.triton_delta_rule import ForwardResult
+from hqlt.kernels.triton_delta_rule import Saved
 from hqlt.kernels.triton_window_attention import Prepared
 
 
 class SynchronousHQLTFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, gate, resets, fw_state, cache_k, cache_v, cache_valid, window, scale, config):
-        fw = triton_delta_rule.forward(q, k, v, beta, resets, fw_state, scale, config,
-                                       save_for_backward=any(ctx.needs_input_grad), out_dtype=torch.float32)
+        o_fw, final, saved = triton_delta_rule.forward(q, k, v, beta, resets, fw_state, scale, config,
+                                                       save_for_backward=any(ctx.needs_input_grad),
+                                                       out_dtype=torch.float32)
         prepared = triton_window_attention.prepare(q, k, v, resets, cache_k, cache_v, cache_valid)
-        o, o_kv, lse = triton_window_attention.forward(prepared, window, scale, v.dtype, gate=gate, o_fw=fw.o)
-        ctx.save_for_backward(q, k, v, beta, gate, resets, fw.chunk_states, fw.w, fw.inverses, prepared.qr, prepared.kr,
-                              prepared.vc, prepared.episode, o_kv, lse)
+        o, o_kv, lse = triton_window_attention.forward(prepared, window, scale, v.dtype, gate=gate, o_fw=o_fw)
+        if saved is not None:
+            ctx.save_for_backward(q, k, v, beta, gate, resets, o_kv, lse, *prepared, *saved)
         ctx.window, ctx.scale, ctx.config = window, scale, config
-        return o, fw.final
+        return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, gate, resets, chunk_states, w, inverses, qr, kr, vc, episode, o_kv, lse = ctx.saved_tensors
+        q, k, v, beta, gate, resets, o_kv, lse, *rest = ctx.saved_tensors
+        split = len(Prepared._fields)
+        prepared, saved = Prepared(*rest[:split]), Saved(*rest[split:])
         do = do.contiguous()
         dq_fw, dk_fw, dv_fw, dbeta, dstate, dgate = triton_delta_rule.backward(
-            q, k, v, beta, resets, ForwardResult(None, None, chunk_states, w, inverses), do, dfinal.contiguous(), ctx.scale,
-            ctx.config, gate=gate, o_kv=o_kv, grad_dtype=torch.float32,
+            q, k, v, beta, resets, saved, do, dfinal.contiguous(), ctx.scale, ctx.config, gate=gate, o_kv=o_kv,
+            grad_dtype=torch.float32,
         )
         dq, dk, dv, dcache_k, dcache_v = triton_window_attention.backward(
-            Prepared(qr, kr, vc, episode), o_kv, lse, do, ctx.window, ctx.scale, gate=gate,
-            partial=(dq_fw, dk_fw, dv_fw),
+            prepared, o_kv, lse, do, ctx.window, ctx.scale, gate=gate, partial=(dq_fw, dk_fw, dv_fw),
         )
         return dq, dk, dv, dbeta, dgate, None, dstate, dcache_k, dcache_v, None, None, None, None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -276,16 +277,15 @@ def dkdv_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def rotate(cache: Tensor | None, segment: Tensor, offset: int, out: Tensor | None = None,
+def rotate(cache: Tensor | None, segment: Tensor, offset: int, out: Tensor,
            cache_out: Tensor | None = None, add: Tensor | None = None, inverse: bool = False) -> Tensor:
     """RoPE (or its inverse) of the rows of cat([cache, segment], dim=1) (`[B, S, H, d]`, `[B, T, H, d]`;
     no cache: S = 0) at positions offset, offset + 1, ... Written to `out` `[B, S' + T', H, d]` less
     its first S' rows, which go to `cache_out` `[B, S', H, d]` when given; `add` (shaped like `out`)
-    is added in. Returns `out` (default: a new tensor like the concatenation)."""
+    is added in. Returns `out`."""
     batch, steps, heads, dim = segment.shape
     cached = 0 if cache is None else cache.shape[1]
     rows = cached + steps
-    out = segment.new_empty(batch, rows, heads, dim) if out is None else out
     cached_out = 0 if cache_out is None else cache_out.shape[1]
     _rope_kernel[(triton.cdiv(rows, ROPE_ROWS), batch * heads)](
         segment if cache is None else cache, segment, out if cache_out is None else cache_out, out,
@@ -296,8 +296,7 @@ def rotate(cache: Tensor | None, segment: Tensor, offset: int, out: Tensor | Non
     return out
 
 
-@dataclass
-class Prepared:
+class Prepared(NamedTuple):
     """The rotated queries `[B, T, H, d]` and keys `[B, S + T, H, d]` (fp32), the values of the
     concatenated positions `[B, S + T, H, d]` (input dtype) and the key episodes `[B, S + T]` the attention kernels read."""
 
@@ -380,16 +379,14 @@ class WindowAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, resets, cache_k, cache_v, cache_valid, window, scale):
         prepared = prepare(q, k, v, resets, cache_k, cache_v, cache_valid)
         o, _, lse = forward(prepared, window, scale, v.dtype)
-        ctx.save_for_backward(prepared.qr, prepared.kr, prepared.vc, prepared.episode, o, lse)
+        ctx.save_for_backward(o, lse, *prepared)
         ctx.window, ctx.scale = window, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        qr, kr, vc, episode, o, lse = ctx.saved_tensors
-        dq, dk, dv, dcache_k, dcache_v = backward(
-            Prepared(qr, kr, vc, episode), o, lse, do.contiguous(), ctx.window, ctx.scale
-        )
+        o, lse, *prepared = ctx.saved_tensors
+        dq, dk, dv, dcache_k, dcache_v = backward(Prepared(*prepared), o, lse, do.contiguous(), ctx.window, ctx.scale)
         return dq, dk, dv, None, dcache_k, dcache_v, None, None, None
 
 
