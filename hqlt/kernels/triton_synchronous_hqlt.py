@@ -15,7 +15,7 @@ from torch import Tensor
 
 from hqlt.kernels import triton_delta_rule, triton_window_attention
 from hqlt.kernels.triton_delta_rule import Saved
-from hqlt.kernels.triton_window_attention import Prepared
+from hqlt.kernels.triton_window_attention import Inputs
 
 
 class SynchronousHQLTFunction(torch.autograd.Function):
@@ -24,25 +24,26 @@ class SynchronousHQLTFunction(torch.autograd.Function):
         o_fw, final, saved = triton_delta_rule.forward(q, k, v, beta, resets, fw_state, scale, config,
                                                        save_for_backward=any(ctx.needs_input_grad),
                                                        out_dtype=torch.float32)
-        prepared = triton_window_attention.prepare(q, k, v, resets, cache_k, cache_v, cache_valid)
-        o, o_kv, lse = triton_window_attention.forward(prepared, window, scale, v.dtype, gate=gate, o_fw=o_fw)
+        inputs = Inputs(q, k, v, cache_k, cache_v, cache_valid, triton_window_attention.episodes(resets))
+        o, o_kv, lse = triton_window_attention.forward(inputs, window, scale, gate=gate, o_fw=o_fw)
         if saved is not None:
-            ctx.save_for_backward(q, k, v, beta, gate, resets, o_kv, lse, *prepared, *saved)
+            ctx.save_for_backward(beta, gate, resets, o_kv, lse, *inputs, *saved)
         ctx.window, ctx.scale, ctx.config = window, scale, config
         return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, beta, gate, resets, o_kv, lse, *rest = ctx.saved_tensors
-        split = len(Prepared._fields)
-        prepared, saved = Prepared(*rest[:split]), Saved(*rest[split:])
+        beta, gate, resets, o_kv, lse, *rest = ctx.saved_tensors
+        split = len(Inputs._fields)
+        inputs, saved = Inputs(*rest[:split]), Saved(*rest[split:])
+        q, k, v = inputs.q, inputs.k, inputs.v
         do = do.contiguous()
         dq_fw, dk_fw, dv_fw, dbeta, dstate, dgate = triton_delta_rule.backward(
             q, k, v, beta, resets, saved, do, dfinal.contiguous(), ctx.scale, ctx.config, gate=gate, o_kv=o_kv,
             grad_dtype=torch.float32,
         )
         dq, dk, dv, dcache_k, dcache_v = triton_window_attention.backward(
-            prepared, o_kv, lse, do, ctx.window, ctx.scale, gate=gate, partial=(dq_fw, dk_fw, dv_fw),
+            inputs, o_kv, lse, do, ctx.window, ctx.scale, gate=gate, partial=(dq_fw, dk_fw, dv_fw),
         )
         return dq, dk, dv, dbeta, dgate, None, dstate, dcache_k, dcache_v, None, None, None, None
 
