@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hqlt import compare
@@ -135,3 +136,16 @@ def test_default_config_and_presets_compose():
         compose([f"experiment={experiment}"])
     for env in group_options("env"):
         compose([f"env={env}"])
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_key_sets_the_matmul_precision(tf32):
+    from hqlt.agents.trainer import resolve_device
+
+    cfg = compose([f"tf32={str(tf32).lower()}"])
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        resolve_device(cfg.device, 0, cfg.tf32)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -48,13 +48,16 @@ class TrainingError(RuntimeError):
     """The run stopped; the message says why and where its last good checkpoint is."""
 
 
-def resolve_device(name: str, cpu_threads: int = 0) -> torch.device:
+def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch.device:
     """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error.
 
-    Also sets torch's CPU thread count when `cpu_threads` > 0.
+    Also sets torch's CPU thread count when `cpu_threads` > 0, and whether fp32 matrix products on
+    CUDA may use TF32 (process-wide torch settings).
     """
     if cpu_threads > 0:
         torch.set_num_threads(cpu_threads)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -137,7 +140,7 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         agent = cfg.agent
-        self.device = resolve_device(cfg.device, cfg.cpu_threads)
+        self.device = resolve_device(cfg.device, cfg.cpu_threads, cfg.tf32)
         seed_everything(cfg.seed)
         env_kwargs = dict(cfg.env.kwargs)
         try:

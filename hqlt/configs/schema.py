@@ -91,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     total_steps: int = 200_000
     device: str = "auto"
+    # fp32 matrix products on CUDA through TF32 tensor cores (about 10 mantissa bits per product, fp32
+    # accumulation), for acting and learning alike; false keeps full fp32 products.
+    tf32: bool = True
     # torch CPU threads; small RL models run fastest on one (several spin-wait against the envs), 0 keeps torch's default.
     cpu_threads: int = 1
     # Run directories are <log_dir>/<env.name>/<memory.name>/seed<seed>-<time>.
