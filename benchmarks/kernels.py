@@ -241,22 +241,12 @@ def fused_attention_step(core, x: torch.Tensor, state: dict, resets: torch.Tenso
     return core(x, state, resets, in_place=True)
 
 
-def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
+def step_times(variants, obs, prev_action, prev_reward, resets, envs: int, steps: int) -> dict[str, float | None]:
+    """Mean ms of one captured policy step per variant (after `steps` warm-up steps), under the current
+    TF32 setting."""
     observation_space = spaces.Box(-1.0, 1.0, (64,))
     action_space = spaces.Box(-1.0, 1.0, (4,))
-    hqlt_options = dict(window=WINDOW, num_layers=3, num_heads=HEADS, blend="synchronous", mixer="dynamic_vector")
-    variants = {  # name: (core, in_place); the collector acts in place with every core
-        "LSTM policy (width 256)": (build_core("lstm", input_dim=256, hidden_dim=256), True),
-        "LSTM policy (width 256, 3 layers)": (build_core("lstm", input_dim=256, hidden_dim=256, num_layers=3), True),
-        "HQLT policy, functional step (state copies)": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), False),
-        "HQLT policy, fused step op": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), True),
-    }
-    torch.manual_seed(0)
-    obs = torch.rand(steps, envs, 64, device="cuda") * 2 - 1
-    prev_action = torch.rand(steps, envs, 4, device="cuda") * 2 - 1
-    prev_reward = torch.randn(steps, envs, device="cuda")
-    resets = torch.rand(steps, envs, device="cuda") < 1 / 64
-    rows, times = [], {}
+    times = {}
     for name, (core, in_place) in variants.items():
         policy = Policy(observation_space, action_space, core).cuda().eval()
         state = policy.initial_state(envs, device="cuda")
@@ -278,20 +268,46 @@ def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
         except Exception:  # noqa: BLE001
             print(f"[{name}] failed:\n{traceback.format_exc(limit=4)}", file=sys.stderr)
             times[name] = None
+    return times
+
+
+def rollout_step_section(card: str, envs: int = 1024, steps: int = 200) -> str:
+    hqlt_options = dict(window=WINDOW, num_layers=3, num_heads=HEADS, blend="synchronous", mixer="dynamic_vector")
+    variants = {  # name: (core, in_place); the collector acts in place with every core
+        "LSTM policy (width 256)": (build_core("lstm", input_dim=256, hidden_dim=256), True),
+        "LSTM policy (width 256, 3 layers)": (build_core("lstm", input_dim=256, hidden_dim=256, num_layers=3), True),
+        "HQLT policy, functional step (state copies)": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), False),
+        "HQLT policy, fused step op": (build_core("hqlt", input_dim=256, hidden_dim=256, **hqlt_options), True),
+    }
+    torch.manual_seed(0)
+    obs = torch.rand(steps, envs, 64, device="cuda") * 2 - 1
+    prev_action = torch.rand(steps, envs, 4, device="cuda") * 2 - 1
+    prev_reward = torch.randn(steps, envs, device="cuda")
+    resets = torch.rand(steps, envs, device="cuda") < 1 / 64
+    times = {}
+    for tf32 in (True, False):  # the trainer's default (tf32=true), then full fp32 products
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        times[tf32] = step_times(variants, obs, prev_action, prev_reward, resets, envs, steps)
     agreement = step_agreement(variants, resets, envs)
-    lstm = times["LSTM policy (width 256)"]
-    for name, value in times.items():
-        rows.append([name, fmt(value, 4), ratio(value, lstm)])
+    rows = []
+    for name in variants:
+        row = [name]
+        for tf32 in (True, False):
+            row += [fmt(times[tf32][name], 4), ratio(times[tf32][name], times[tf32]["LSTM policy (width 256)"])]
+        rows.append(row)
     return (
         f"`PYTHONPATH=. python benchmarks/kernels.py` on one {card}: one `Policy.act` step for {envs} envs "
         f"(Box(64) observations, Box(4) actions, greedy actions), captured as one CUDA graph "
         f"(`hqlt.kernels.cuda_graph.CapturedStep`), mean of {steps} replays after {steps} warm-up steps; "
-        f"HQLT = 3 layers, width 256, 4 heads, window {WINDOW}, synchronous blend, dynamic vector mixer, fp32. "
+        f"HQLT = 3 layers, width 256, 4 heads, window {WINDOW}, synchronous blend, dynamic vector mixer, fp32 "
+        f"state. Matrix products with TF32 (the trainer's default, `tf32=true`) and in full fp32, each "
+        f"policy against the LSTM policy under the same setting. "
         f"Every policy steps its state in place (`in_place=True`, as the collector acts on CUDA): the HQLT "
         f"core runs the fused step op on the graph's state buffers, the LSTM copies its new state into them. "
         f"The functional HQLT step runs the same op on copies of the state (new state tensors each step, "
         f"copied back into the graph's input buffers). "
-        f"{agreement}\n\n" + markdown_table(["policy step", "ms", "vs LSTM policy"], rows)
+        f"{agreement}\n\n"
+        + markdown_table(["policy step", "ms (TF32)", "vs LSTM (TF32)", "ms (fp32)", "vs LSTM (fp32)"], rows)
     )
 
 
@@ -325,13 +341,13 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
     card = torch.cuda.get_device_name()
-    torch.backends.cuda.matmul.allow_tf32 = False
     sections = {}
     parts = args.parts.split(",")
     if "step" in parts:
         sections["Rollout step"] = rollout_step_section(card)
         print(sections["Rollout step"], flush=True)
     if "ops" in parts:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 peers in full fp32
         dims = {int(d) for d in args.dims.split(",")}
         sections["Kernels"] = core_op_section(card, [c for c in CONFIGS if c[2] in dims])
         print(sections["Kernels"], flush=True)
