@@ -4,7 +4,8 @@ as `rollout_step.synchronous_hqlt_step`, state buffers updated in place).
 One program per (env, head): clear the memories on a reset, write (k, v) to the ring slot, apply
 the delta update to the fp32 fast weights and read them, attend over the ring block by block with
 an online softmax (RoPE by ring distance: the keys are rotated by minus their distance, which equals
-rotating the query too), and mix both reads with the gate.
+rotating the query too; the window attention's RoPE helpers and column order), and mix both reads
+with the gate.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from hqlt.kernels.rollout_step import check_step_inputs
 from hqlt.kernels.triton_delta_rule import block_size, check_inputs, feature_map
-from hqlt.kernels.triton_window_attention import check_window_inputs, inverse_frequencies
+from hqlt.kernels.triton_window_attention import check_window_inputs, head_columns, rope, rope_tables
 
 # Ring slots the step kernel attends per block (it loops over the ring in blocks this size): on an H200,
 # one layer's step for 1024 envs, 4 heads, d=64, a 64-slot fp32 ring took 114 us with 16-slot blocks
@@ -27,14 +28,13 @@ RING_BLOCK = 16
 @triton.jit
 def _step_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, gate_ptr, resets_ptr, fw_ptr, kv_keys_ptr, kv_values_ptr, kv_valid_ptr,
-    kv_write_ptr, inv_freq_ptr, o_ptr,
+    kv_write_ptr, cos_ptr, sin_ptr, o_ptr,
     H, S, window, scale,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
+    cols, col_ok = head_columns(D, BLOCK_D)
     token = pid * D + cols
     q = tl.load(q_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
@@ -62,13 +62,6 @@ def _step_kernel(
     m_i = tl.full([], float("-inf"), tl.float32)
     l_i = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    # RoPE by ring distance without a permutation product: each key row is read again at the
-    # rotate-half partner columns (sign -1 on the first half).
-    half = D // 2
-    partner = tl.where(cols < half, cols + half, cols - half)
-    sign = tl.where(cols < half, -1.0, 1.0)
-    inv_freq = tl.load(inv_freq_ptr + cols % half, mask=col_ok, other=0.0)
-    k_partner = tl.load(k_ptr + pid * D + partner, mask=col_ok, other=0.0).to(tl.float32)
     for start in range(0, S, BLOCK_S):
         slots = start + tl.arange(0, BLOCK_S)
         ring_rows = ((b * S + slots[:, None]) * H + h) * D
@@ -76,16 +69,13 @@ def _step_kernel(
         current = (slots == write)[:, None]
         keys = tl.where(current, k[None, :],
                         tl.load(kv_keys_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
-        keys_partner = tl.where(current, k_partner[None, :],
-                                tl.load(kv_keys_ptr + ring_rows + partner[None, :], mask=ring_mask,
-                                        other=0.0).to(tl.float32))
         values = tl.where(current, v[None, :],
                           tl.load(kv_values_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
         distance = (write - slots + S) % S
         valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
         allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
-        angles = -distance.to(tl.float32)[:, None] * inv_freq[None, :]
-        rotated = keys * tl.cos(angles) + sign[None, :] * keys_partner * tl.sin(angles)
+        # RoPE by relative position: each key rotated by minus its distance (the inverse rotation by it).
+        rotated = rope(keys, distance, slots < S, cos_ptr, sin_ptr, D, True)
         scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no allowed slot yet
@@ -127,7 +117,7 @@ def synchronous_hqlt_step(
     o = torch.empty_like(v)
     _step_kernel[(batch * heads,)](
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
-        fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), inverse_frequencies(dim, q.device),
+        fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), *rope_tables(kv_keys.shape[1], dim, q.device),
         o, heads, kv_keys.shape[1], window, scale,
         D=dim, BLOCK_D=block_size(dim), BLOCK_S=RING_BLOCK,
         num_warps=4, num_stages=1,  # as measured above (a short walk gains nothing from prefetching)

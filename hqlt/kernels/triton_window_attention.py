@@ -56,59 +56,88 @@ def inverse_frequencies(head_dim: int, device: torch.device) -> Tensor:
     return reference.ROPE_BASE ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
 
 
+@functools.lru_cache(maxsize=64)
+def rope_tables(positions: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin `[positions, d/2]` fp32 of RoPE's angles at positions 0, 1, ... (cached per shape: the
+    kernels read them instead of evaluating cos and sin per element)."""
+    angles = torch.arange(positions, device=device, dtype=torch.float32)[:, None] * inverse_frequencies(head_dim, device)
+    return angles.cos(), angles.sin()
+
+
 # ----------------------------------------------------------------------------- Triton helpers
 
 
 @triton.jit
-def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, cols):
-    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) at columns `cols`, fp32
-    `[R, BLOCK_D]` (0 outside)."""
-    in_cache = (p < S)[:, None]
-    cache_offsets = ((b * S + p[:, None]) * H + h) * D + cols[None, :]
-    segment_offsets = ((b * T + (p - S)[:, None]) * H + h) * D + cols[None, :]
-    mask = ((p >= 0) & (p < S + T))[:, None] & (cols < D)[None, :]
-    ptrs = tl.where(in_cache, cache_ptr + cache_offsets, segment_ptr + segment_offsets)
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+def head_columns(D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The kernels' order of a head's D columns in a BLOCK_D-wide tile: each rotate-half half padded to
+    BLOCK_D / 2, so that RoPE's partner of tile column c is always c +- BLOCK_D / 2 (the identity order
+    when D is a power of two; products over the columns do not depend on their order). Returns each
+    tile column's index in the head `[BLOCK_D]` and whether it is one."""
+    c = tl.arange(0, BLOCK_D)
+    j = c % (BLOCK_D // 2)
+    return (c // (BLOCK_D // 2)) * (D // 2) + j, j < D // 2
 
 
 @triton.jit
-def rope_columns(inv_freq_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The rotate-half frame: columns, each column's partner (the other half), the sign the partner
-    takes in RoPE and the column's frequency."""
-    cols = tl.arange(0, BLOCK_D)
-    half = D // 2
-    partner = tl.where(cols < half, cols + half, cols - half)
-    sign = tl.where(cols < half, -1.0, 1.0)
-    inv_freq = tl.load(inv_freq_ptr + cols % half, mask=cols < D, other=0.0)
-    return cols, partner, sign, inv_freq
+def swap_halves(x):
+    """x `[R, BLOCK_D]` with its two column halves exchanged (register shuffles, exact)."""
+    R: tl.constexpr = x.shape[0]
+    BLOCK_D: tl.constexpr = x.shape[1]
+    first, second = tl.split(tl.permute(tl.reshape(x, (R, 2, BLOCK_D // 2)), (0, 2, 1)))
+    return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (R, BLOCK_D))
 
 
 @triton.jit
-def rope(x, x_partner, p, sign, inv_freq, INVERSE: tl.constexpr):
-    """RoPE (or with INVERSE its inverse) of rows x `[R, BLOCK_D]` at positions p `[R]`, given the rows
-    at their partner columns."""
-    angles = p.to(tl.float32)[:, None] * inv_freq[None, :]
+def rope(x, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr):
+    """RoPE (INVERSE: its inverse) of fp32 rows x `[R, BLOCK_D]` (columns in `head_columns` order) at
+    positions p `[R]`; cos and sin of each (position, frequency) come from the tables
+    `[positions, D / 2]` of `rope_tables`. Rows outside row_ok and padding columns become 0."""
+    BLOCK_D: tl.constexpr = x.shape[1]
+    c = tl.arange(0, BLOCK_D)
+    j = c % (BLOCK_D // 2)
+    sign = tl.where(c < BLOCK_D // 2, -1.0, 1.0)
     if INVERSE:
         sign = -sign
-    return x * tl.cos(angles) + sign[None, :] * x_partner * tl.sin(angles)
+    table = p[:, None] * (D // 2) + j[None, :]
+    mask = row_ok[:, None] & (j < D // 2)[None, :]
+    cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + table, mask=mask, other=0.0)
+    return x * cos + sign[None, :] * swap_halves(x) * sin
 
 
 @triton.jit
-def rotated_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, inv_freq_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows p of cat([cache, segment]) (as `concat_rows`) rotated by RoPE at positions p, fp32."""
-    cols, partner, sign, inv_freq = rope_columns(inv_freq_ptr, D, BLOCK_D)
-    x = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, cols)
-    x_partner = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, partner)
-    return rope(x, x_partner, p, sign, inv_freq, False)
+def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows `rows` of a `[B, N, H, D]` tensor as fp32 `[R, BLOCK_D]` (`head_columns` order, 0 outside)."""
+    cols, col_ok = head_columns(D, BLOCK_D)
+    mask = ((rows >= 0) & (rows < N))[:, None] & col_ok[None, :]
+    return tl.load(ptr + ((b * N + rows[:, None]) * H + h) * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def rotated_back(x, p, inv_freq_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The inverse RoPE of fp32 rows x `[R, BLOCK_D]` held in registers, at positions p: their partner
-    columns come from a product with the swap permutation, exact in IEEE fp32 (one nonzero term)."""
-    cols, partner, sign, inv_freq = rope_columns(inv_freq_ptr, D, BLOCK_D)
-    swap = tl.where(cols[:, None] == partner[None, :], 1.0, 0.0)
-    return rope(x, tl.dot(x, swap, input_precision="ieee"), p, sign, inv_freq, True)
+def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) as fp32 `[R, BLOCK_D]`: two
+    masked loads (each keeps its rows' contiguity)."""
+    return (rows_at(cache_ptr, b, p, h, S, H, D, BLOCK_D)
+            + rows_at(segment_ptr, b, p - S, h, T, H, D, BLOCK_D))
+
+
+@triton.jit
+def rotated_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows p of cat([cache, segment]) (as `concat_rows`) rotated by RoPE at positions p."""
+    x = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, BLOCK_D)
+    return rope(x, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
+
+
+@triton.jit
+def store_rows(ptr, x, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr, add_ptr=None):
+    """Store fp32 rows x `[R, BLOCK_D]` (`head_columns` order) at rows `rows` of a `[B, N, H, D]` tensor
+    (rows outside 0..N-1 skipped), plus the same rows of the fp32 tensor at `add_ptr` when given."""
+    cols, col_ok = head_columns(D, BLOCK_D)
+    offsets = ((b * N + rows[:, None]) * H + h) * D + cols[None, :]
+    mask = ((rows >= 0) & (rows < N))[:, None] & col_ok[None, :]
+    if add_ptr is not None:
+        x += tl.load(add_ptr + offsets, mask=mask, other=0.0)
+    tl.store(ptr + offsets, x, mask=mask)
 
 
 @triton.jit
@@ -121,14 +150,6 @@ def key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T):
 
 
 @triton.jit
-def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows `rows` of a `[B, N, H, D]` tensor as fp32 `[R, BLOCK_D]` (0 outside)."""
-    cols = tl.arange(0, BLOCK_D)
-    mask = ((rows >= 0) & (rows < N))[:, None] & (cols[None, :] < D)
-    return tl.load(ptr + ((b * N + rows[:, None]) * H + h) * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def attend_mask(q_pos, q_episode, k_pos, k_episode, window):
     """Which (query, key) pairs attend; arguments already broadcast against each other."""
     distance = q_pos - k_pos
@@ -137,7 +158,7 @@ def attend_mask(q_pos, q_episode, k_pos, k_episode, window):
 
 @triton.jit
 def _forward_kernel(
-    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, inv_freq_ptr,
+    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, cos_ptr, sin_ptr,
     gate_ptr, o_fw_ptr, o_ptr, o_kv_ptr, lse_ptr,
     T, S, H, window, scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -152,7 +173,7 @@ def _forward_kernel(
     t = first + tl.arange(0, BLOCK_M)
     q_pos = S + t
     q_episode = tl.load(episode_ptr + b * T + t, mask=t < T, other=-2)
-    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
+    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -160,7 +181,7 @@ def _forward_kernel(
     hi = tl.minimum(S + first + BLOCK_M, P)
     for start in range(lo, hi, BLOCK_N):
         p = start + tl.arange(0, BLOCK_N)
-        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
+        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
         scores = tl.dot(qr, tl.trans(kr), input_precision=PREC) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
@@ -170,19 +191,16 @@ def _forward_kernel(
         probs = tl.exp(scores - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(probs, axis=1)
-        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, tl.arange(0, BLOCK_D))
+        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(probs, value, input_precision=PREC)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
-    cols = tl.arange(0, BLOCK_D)
-    offsets = ((b * T + t[:, None]) * H + h) * D + cols[None, :]
-    mask = (t[:, None] < T) & (cols[None, :] < D)
     if HAS_GATE:
-        tl.store(o_kv_ptr + offsets, o, mask=mask)
-        gate = tl.load(gate_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        o = gate * tl.load(o_fw_ptr + offsets, mask=mask, other=0.0) + (1.0 - gate) * o
-    tl.store(o_ptr + offsets, o, mask=mask)
+        store_rows(o_kv_ptr, o, b, t, h, T, H, D, BLOCK_D)
+        gate = rows_at(gate_ptr, b, t, h, T, H, D, BLOCK_D)
+        o = gate * rows_at(o_fw_ptr, b, t, h, T, H, D, BLOCK_D) + (1.0 - gate) * o
+    store_rows(o_ptr, o, b, t, h, T, H, D, BLOCK_D)
     tl.store(lse_ptr + pid * T + t, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(l_safe), mask=t < T)
 
 
@@ -198,7 +216,7 @@ def attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D: tl.constexpr, BLOCK_D
 
 @triton.jit
 def dq_kernel(
-    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, inv_freq_ptr,
+    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, cos_ptr, sin_ptr,
     o_ptr, lse_ptr, do_ptr, gate_ptr, dq_partial_ptr, dq_ptr, delta_ptr,
     T, S, H, window, scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -212,7 +230,7 @@ def dq_kernel(
     first = tl.program_id(0) * BLOCK_M
     t = first + tl.arange(0, BLOCK_M)
     q_pos = S + t
-    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
+    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
     do = attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D, BLOCK_D, HAS_GATE)
     delta = tl.sum(do * rows_at(o_ptr, b, t, h, T, H, D, BLOCK_D), axis=1)
     tl.store(delta_ptr + pid * T + t, delta, mask=t < T)
@@ -223,26 +241,21 @@ def dq_kernel(
     hi = tl.minimum(S + first + BLOCK_M, P)
     for start in range(lo, hi, BLOCK_N):
         p = start + tl.arange(0, BLOCK_N)
-        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
-        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, tl.arange(0, BLOCK_D))
+        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
+        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
         scores = tl.dot(qr, tl.trans(kr), input_precision=PREC) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
         probs = tl.where(allowed, tl.exp(scores - lse[:, None]), 0.0)
         dprobs = tl.dot(do, tl.trans(value), input_precision=PREC)
         dqr += tl.dot(probs * (dprobs - delta[:, None]), kr, input_precision=PREC)
-    dq = rotated_back(dqr * scale, q_pos, inv_freq_ptr, D, BLOCK_D)
-    cols = tl.arange(0, BLOCK_D)
-    offsets = ((b * T + t[:, None]) * H + h) * D + cols[None, :]
-    mask = (t[:, None] < T) & (cols[None, :] < D)
-    if HAS_GATE:
-        dq += tl.load(dq_partial_ptr + offsets, mask=mask, other=0.0)
-    tl.store(dq_ptr + offsets, dq, mask=mask)
+    dq = rope(dqr * scale, q_pos, t < T, cos_ptr, sin_ptr, D, True)
+    store_rows(dq_ptr, dq, b, t, h, T, H, D, BLOCK_D, dq_partial_ptr if HAS_GATE else None)
 
 
 @triton.jit
 def dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, inv_freq_ptr,
+    q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, cos_ptr, sin_ptr,
     lse_ptr, delta_ptr, do_ptr, gate_ptr, dk_partial_ptr, dv_partial_ptr,
     dk_ptr, dv_ptr, dcache_k_ptr, dcache_v_ptr,
     T, S, H, window, scale,
@@ -256,8 +269,8 @@ def dkdv_kernel(
     P = S + T
     first = tl.program_id(0) * BLOCK_N
     p = first + tl.arange(0, BLOCK_N)
-    kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
-    value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, tl.arange(0, BLOCK_D))
+    kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
+    value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
     k_episode = key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)
     dkr = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -266,7 +279,7 @@ def dkdv_kernel(
     for start in range(lo, hi, BLOCK_M):
         t = start + tl.arange(0, BLOCK_M)
         q_pos = S + t
-        qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, inv_freq_ptr, D, BLOCK_D)
+        qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
         do = attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D, BLOCK_D, HAS_GATE)
         lse = tl.load(lse_ptr + pid * T + t, mask=t < T, other=0.0)
         delta = tl.load(delta_ptr + pid * T + t, mask=t < T, other=0.0)
@@ -277,20 +290,11 @@ def dkdv_kernel(
         dv += tl.dot(probs_t, do, input_precision=PREC)
         dprobs_t = tl.dot(value, tl.trans(do), input_precision=PREC)
         dkr += tl.dot(probs_t * (dprobs_t - delta[None, :]), qr, input_precision=PREC)
-    dk = rotated_back(dkr * scale, p, inv_freq_ptr, D, BLOCK_D)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols[None, :] < D
-    in_cache = (p < S)[:, None] & col_ok
-    in_segment = ((p >= S) & (p < P))[:, None] & col_ok
-    cache_offsets = ((b * S + p[:, None]) * H + h) * D + cols[None, :]
-    segment_offsets = ((b * T + (p - S)[:, None]) * H + h) * D + cols[None, :]
-    if HAS_GATE:
-        dk += tl.load(dk_partial_ptr + segment_offsets, mask=in_segment, other=0.0)
-        dv += tl.load(dv_partial_ptr + segment_offsets, mask=in_segment, other=0.0)
-    tl.store(dk_ptr + segment_offsets, dk, mask=in_segment)
-    tl.store(dv_ptr + segment_offsets, dv, mask=in_segment)
-    tl.store(dcache_k_ptr + cache_offsets, dk, mask=in_cache)
-    tl.store(dcache_v_ptr + cache_offsets, dv, mask=in_cache)
+    dk = rope(dkr * scale, p, p < P, cos_ptr, sin_ptr, D, True)
+    store_rows(dcache_k_ptr, dk, b, p, h, S, H, D, BLOCK_D)
+    store_rows(dcache_v_ptr, dv, b, p, h, S, H, D, BLOCK_D)
+    store_rows(dk_ptr, dk, b, p - S, h, T, H, D, BLOCK_D, dk_partial_ptr if HAS_GATE else None)
+    store_rows(dv_ptr, dv, b, p - S, h, T, H, D, BLOCK_D, dv_partial_ptr if HAS_GATE else None)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -311,8 +315,9 @@ class Inputs(NamedTuple):
 
 
 def launch_arguments(inputs: Inputs) -> tuple:
-    """The leading kernel arguments every attention kernel takes (the inputs and RoPE frequencies)."""
-    return (*inputs, inverse_frequencies(inputs.q.shape[-1], inputs.q.device))
+    """The leading kernel arguments every attention kernel takes (the inputs and the RoPE tables)."""
+    q, cache_k = inputs.q, inputs.cache_k
+    return (*inputs, *rope_tables(cache_k.shape[1] + q.shape[1], q.shape[-1], q.device))
 
 
 def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = None,
