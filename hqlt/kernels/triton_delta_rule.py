@@ -12,6 +12,9 @@ is computed for all chunks in parallel; only the state recurrence walks the chun
 the value columns over programs (each column of S evolves on its own). The backward pass mirrors
 this: a reverse walk carries dS (columns split again) and stores it per chunk, then every chunk's
 gradients are computed in parallel from its stored S, dS_next and T.
+
+Matrix products accumulate in fp32; their operands are the inputs' dtype for 16-bit inputs (a few
+kept fp32, see `dot`), so stored states, W, U0 and T stay fp32 and are rounded only as operands.
 """
 
 from __future__ import annotations
@@ -61,8 +64,15 @@ def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype
     return ChunkConfig(chunk=chunk, value_block=value_block, num_stages=1 if block >= 128 else 2)
 
 
+def dot_dtype(dtype: torch.dtype) -> str:
+    """The `DOT_DTYPE` of the chunk kernels for `dtype` inputs: the Triton name of the dtype their
+    matrix-product operands take (see `dot`)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    """tf32 matrix products for 16-bit inputs; three-pass tf32 (about fp32 accuracy) for fp32 inputs."""
+    """`input_precision` of fp32-operand products (the window-attention kernels'): tf32 for 16-bit
+    inputs, three-pass tf32 (about fp32 accuracy) for fp32 inputs."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
@@ -83,6 +93,21 @@ def check_inputs(op: str, dtype: torch.dtype, head_dims: tuple[int, ...], chunk_
 
 
 # ----------------------------------------------------------------------------- shared Triton helpers
+
+
+@triton.jit
+def dot(a, b, DOT_DTYPE: tl.constexpr, FP32_OPERANDS: tl.constexpr = False):
+    """a `[M, K]` @ b `[K, N]` accumulated in fp32. fp32 inputs (DOT_DTYPE "fp32"): three-pass tf32,
+    about fp32 accuracy. 16-bit inputs ("bf16" or "fp16"): both operands rounded to that dtype, as
+    the inputs were (half the registers of fp32 operands, twice the tensor-core rate); with
+    FP32_OPERANDS they stay fp32 at tf32 precision, for the few products whose rounding costs the
+    results most accuracy."""
+    if DOT_DTYPE == "fp32":
+        return tl.dot(a, b, input_precision="tf32x3")
+    elif FP32_OPERANDS:
+        return tl.dot(a, b, input_precision="tf32")
+    else:
+        return tl.dot(a.to(tl.dtype(DOT_DTYPE)), b.to(tl.dtype(DOT_DTYPE)))
 
 
 @triton.jit
@@ -121,12 +146,14 @@ def chunk_episodes(resets):
 
 
 @triton.jit
-def unit_lower_inverse(a, CHUNK: tl.constexpr, PREC: tl.constexpr):
+def unit_lower_inverse(a, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """(I + a)^-1 for strictly lower triangular a `[C, C]` fp32.
 
     The 16 x 16 diagonal blocks are inverted together by forward substitution (one row of every
     block per step); with D their inverse and N = D L (L the strictly block-lower part, so
-    N^4 = 0 for C <= 64), (I + a)^-1 = (I - N)(I + N^2) D.
+    N^4 = 0 for C <= 64), (I + a)^-1 = (I - N)(I + N^2) D. Its products keep fp32 operands for
+    16-bit inputs too: with similar keys in a chunk the inverse's entries cancel, and 16-bit operands
+    doubled dk's error there.
     """
     rows = tl.arange(0, CHUNK)
     eye = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
@@ -135,12 +162,12 @@ def unit_lower_inverse(a, CHUNK: tl.constexpr, PREC: tl.constexpr):
     inverse = eye
     for i in tl.static_range(1, _SOLVE_BLOCK):
         row = (rows % _SOLVE_BLOCK == i)[:, None]
-        step = eye - tl.dot(tl.where(row, a_block, 0.0), inverse, input_precision=PREC)
+        step = eye - dot(tl.where(row, a_block, 0.0), inverse, DOT_DTYPE, True)
         inverse = tl.where(row, step, inverse)
     if CHUNK > _SOLVE_BLOCK:
-        n = tl.dot(inverse, a - a_block, input_precision=PREC)
-        n2 = tl.dot(n, n, input_precision=PREC)
-        inverse = tl.dot(eye - n, tl.dot(eye + n2, inverse, input_precision=PREC), input_precision=PREC)
+        n = dot(inverse, a - a_block, DOT_DTYPE, True)
+        n2 = dot(n, n, DOT_DTYPE, True)
+        inverse = dot(eye - n, dot(eye + n2, inverse, DOT_DTYPE, True), DOT_DTYPE, True)
     return inverse
 
 
@@ -167,7 +194,7 @@ def state_columns(DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BL
 
 @triton.jit
 def walk_chunk(n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv,
-               DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, PREC: tl.constexpr):
+               DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """What both state walks read of chunk n: its steps t `[C]`, the value-column mask `[C, BLOCK_V]`,
     phi(q), phi(k), W `[C, dk]`, the episode flags and the causal same-episode scores phi(q) phi(k)^T."""
     rows = tl.arange(0, CHUNK)
@@ -178,7 +205,7 @@ def walk_chunk(n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv,
     kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
     w = load_rows(w_ptr, b, t, h, T, H, DK, ck, k_mask)
     continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
-    scores = tl.where((rows[:, None] >= rows[None, :]) & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
+    scores = tl.where((rows[:, None] >= rows[None, :]) & same, dot(qn, tl.trans(kn), DOT_DTYPE), 0.0)
     return t, valid[:, None] & (cv[None, :] < DV), qn, kn, w, continues, in_last, carry, scores
 
 
@@ -190,7 +217,7 @@ def _prepare_kernel(
     k_ptr, v_ptr, beta_ptr, resets_ptr, w_ptr, u0_ptr, inverses_ptr,
     T, H,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    STORE_INVERSES: tl.constexpr, PREC: tl.constexpr,
+    STORE_INVERSES: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """W = T diag(beta c) K and U0 = T diag(beta) V of one chunk (fp32, token layout) and, if asked,
     T itself `[B, H, NC, C, C]` for the backward pass."""
@@ -208,10 +235,11 @@ def _prepare_kernel(
     beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
     resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
     continues, same, _, _ = chunk_episodes(resets)
-    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
-    inverse = unit_lower_inverse(tl.where((rows[:, None] > rows[None, :]) & same, beta[:, None] * kk, 0.0), CHUNK, PREC)
-    w = tl.dot(inverse, tl.where(continues, beta, 0.0)[:, None] * kn, input_precision=PREC)
-    u0 = tl.dot(inverse, beta[:, None] * v, input_precision=PREC)
+    kk = dot(kn, tl.trans(kn), DOT_DTYPE)
+    a = tl.where((rows[:, None] > rows[None, :]) & same, beta[:, None] * kk, 0.0)
+    inverse = unit_lower_inverse(a, CHUNK, DOT_DTYPE)
+    w = dot(inverse, tl.where(continues, beta, 0.0)[:, None] * kn, DOT_DTYPE)
+    u0 = dot(inverse, beta[:, None] * v, DOT_DTYPE)
     tl.store(w_ptr + token_offsets(b, t, h, T, H, DK, ck), w, mask=k_mask)
     tl.store(u0_ptr + token_offsets(b, t, h, T, H, DV, cv), u0, mask=v_mask)
     if STORE_INVERSES:
@@ -224,7 +252,7 @@ def _forward_kernel(
     q_ptr, k_ptr, w_ptr, u0_ptr, resets_ptr, state_ptr, o_ptr, final_ptr, chunk_states_ptr,
     T, H, scale,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
-    STORE_CHUNK_STATES: tl.constexpr, PREC: tl.constexpr,
+    STORE_CHUNK_STATES: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """The state walk over the chunks for value columns [BLOCK_V * program_id(1), ...): outputs,
     final state and (if asked) the state entering every chunk `[B, H, NC, dk, dv]`."""
@@ -235,15 +263,14 @@ def _forward_kernel(
     num_chunks = tl.cdiv(T, CHUNK)
     for n in range(num_chunks):
         t, v_mask, qn, kn, w, continues, in_last, carry, scores = walk_chunk(
-            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, PREC)
+            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, DOT_DTYPE)
         if STORE_CHUNK_STATES:
             tl.store(chunk_states_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, state, mask=state_mask)
-        u = load_rows(u0_ptr, b, t, h, T, H, DV, cv, v_mask) - tl.dot(w, state, input_precision=PREC)
-        from_state = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
-        o = (from_state + tl.dot(scores, u, input_precision=PREC)) * scale
+        u = load_rows(u0_ptr, b, t, h, T, H, DV, cv, v_mask) - dot(w, state, DOT_DTYPE)
+        from_state = tl.where(continues[:, None], dot(qn, state, DOT_DTYPE), 0.0)
+        o = (from_state + dot(scores, u, DOT_DTYPE)) * scale
         tl.store(o_ptr + token_offsets(b, t, h, T, H, DV, cv), o, mask=v_mask)
-        state = tl.where(carry, state, 0.0) + tl.dot(tl.trans(kn), tl.where(in_last[:, None], u, 0.0),
-                                                     input_precision=PREC)
+        state = tl.where(carry, state, 0.0) + dot(tl.trans(kn), tl.where(in_last[:, None], u, 0.0), DOT_DTYPE)
     tl.store(final_ptr + pid * DK * DV + state_offsets, state, mask=state_mask)
 
 
@@ -252,7 +279,7 @@ def _state_gradient_kernel(
     q_ptr, k_ptr, w_ptr, resets_ptr, do_ptr, gate_ptr, dfinal_ptr, dstates_ptr, dinitial_ptr,
     T, H, scale,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
-    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """The reverse walk carrying dS (value columns split as in `_forward_kernel`): stores the gradient
     of the state leaving every chunk `[B, H, NC, dk, dv]` and the initial state's gradient. With
@@ -265,16 +292,16 @@ def _state_gradient_kernel(
     for i in range(num_chunks):
         n = num_chunks - 1 - i
         t, v_mask, qn, kn, w, continues, in_last, carry, scores = walk_chunk(
-            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, PREC)
+            n, q_ptr, k_ptr, w_ptr, resets_ptr, b, h, T, H, ck, cv, DK, DV, CHUNK, DOT_DTYPE)
         tl.store(dstates_ptr + (pid * num_chunks + n) * DK * DV + state_offsets, dstate, mask=state_mask)
         g = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask) * scale
         if HAS_GATE:
             g = g * load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
-        du = tl.dot(tl.trans(scores), g, input_precision=PREC)
-        du += tl.where(in_last[:, None], tl.dot(kn, dstate, input_precision=PREC), 0.0)
+        du = dot(tl.trans(scores), g, DOT_DTYPE)
+        du += tl.where(in_last[:, None], dot(kn, dstate, DOT_DTYPE), 0.0)
         dstate = (tl.where(carry, dstate, 0.0)
-                  + tl.dot(tl.trans(qn), tl.where(continues[:, None], g, 0.0), input_precision=PREC)
-                  - tl.dot(tl.trans(w), du, input_precision=PREC))
+                  + dot(tl.trans(qn), tl.where(continues[:, None], g, 0.0), DOT_DTYPE)
+                  - dot(tl.trans(w), du, DOT_DTYPE))
     tl.store(dinitial_ptr + pid * DK * DV + state_offsets, dstate, mask=state_mask)
 
 
@@ -285,11 +312,12 @@ def chunk_gradient_kernel(
     dq_ptr, dk_ptr, dv_ptr, dbeta_ptr, dgate_ptr,
     T, H, scale,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """dq, dk, dv, dbeta of one chunk from the state S entering it, the gradient dS_next of the
-    state leaving it and its T = (I + A)^-1 (all stored by the earlier kernels). With HAS_GATE the output was gate * o_FW + (1 - gate) * o_KV: the incoming
-    gradient is scaled by the gate and the gate's own gradient is written too."""
+    state leaving it and its T = (I + A)^-1 (all stored by the earlier kernels). With HAS_GATE the
+    output was gate * o_FW + (1 - gate) * o_KV: the incoming gradient is scaled by the gate and the
+    gate's own gradient is written too."""
     n = tl.program_id(0)
     pid = tl.program_id(1).to(tl.int64)
     b, h = pid // H, pid % H
@@ -318,16 +346,16 @@ def chunk_gradient_kernel(
     qn = feature_map(q)
     kn = feature_map(k)
     continues, same, in_last, carry = chunk_episodes(resets)
-    kk = tl.dot(kn, tl.trans(kn), input_precision=PREC)
+    kk = dot(kn, tl.trans(kn), DOT_DTYPE)
     beta_c = tl.where(continues, beta, 0.0)
-    ks = tl.dot(kn, state, input_precision=PREC)
+    ks = dot(kn, state, DOT_DTYPE)
     rhs = beta[:, None] * v - beta_c[:, None] * ks
-    u = tl.dot(inverse, rhs, input_precision=PREC)
-    scores = tl.where(lower & same, tl.dot(qn, tl.trans(kn), input_precision=PREC), 0.0)
-    qs = tl.where(continues[:, None], tl.dot(qn, state, input_precision=PREC), 0.0)
+    u = dot(inverse, rhs, DOT_DTYPE)
+    scores = tl.where(lower & same, dot(qn, tl.trans(kn), DOT_DTYPE), 0.0)
+    qs = tl.where(continues[:, None], dot(qn, state, DOT_DTYPE), 0.0)
     if HAS_GATE:
         gate = load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
-        o_fw = (qs + tl.dot(scores, u, input_precision=PREC)) * scale
+        o_fw = (qs + dot(scores, u, DOT_DTYPE)) * scale
         tl.store(dgate_ptr + token_offsets(b, t, h, T, H, DV, cv),
                  do * (o_fw - load_rows(o_kv_ptr, b, t, h, T, H, DV, cv, v_mask)), mask=v_mask)
         do = do * gate
@@ -335,20 +363,21 @@ def chunk_gradient_kernel(
 
     # Backward through O, S_next, U = T R, A and R.
     u_last = tl.where(in_last[:, None], u, 0.0)
-    d_scores = tl.where(lower & same, tl.dot(g, tl.trans(u), input_precision=PREC), 0.0)
-    du = tl.dot(tl.trans(scores), g, input_precision=PREC)
-    du += tl.where(in_last[:, None], tl.dot(kn, dstate, input_precision=PREC), 0.0)
-    drhs = tl.dot(tl.trans(inverse), du, input_precision=PREC)
-    da = tl.where(strict_lower & same, -tl.dot(drhs, tl.trans(u), input_precision=PREC), 0.0)
+    d_scores = tl.where(lower & same, dot(g, tl.trans(u), DOT_DTYPE), 0.0)
+    # dU at fp32 operands: its rounding reaches dv, dbeta and dk through T^T, the most of any product.
+    du = dot(tl.trans(scores), g, DOT_DTYPE, True)
+    du += tl.where(in_last[:, None], dot(kn, dstate, DOT_DTYPE, True), 0.0)
+    drhs = dot(tl.trans(inverse), du, DOT_DTYPE)
+    da = tl.where(strict_lower & same, -dot(drhs, tl.trans(u), DOT_DTYPE), 0.0)
     dbeta = tl.sum(drhs * v, axis=1) - tl.where(continues, tl.sum(drhs * ks, axis=1), 0.0) + tl.sum(da * kk, axis=1)
     dkk = beta[:, None] * da
     drhs_c = beta_c[:, None] * drhs
-    dkn = tl.dot(tl.trans(d_scores), qn, input_precision=PREC)
-    dkn += tl.dot(u_last, tl.trans(dstate), input_precision=PREC)
-    dkn -= tl.dot(drhs_c, tl.trans(state), input_precision=PREC)
-    dkn += tl.dot(dkk, kn, input_precision=PREC) + tl.dot(tl.trans(dkk), kn, input_precision=PREC)
+    dkn = dot(tl.trans(d_scores), qn, DOT_DTYPE)
+    dkn += dot(u_last, tl.trans(dstate), DOT_DTYPE)
+    dkn -= dot(drhs_c, tl.trans(state), DOT_DTYPE)
+    dkn += dot(dkk, kn, DOT_DTYPE) + dot(tl.trans(dkk), kn, DOT_DTYPE)
     g_c = tl.where(continues[:, None], g, 0.0)
-    dqn = tl.dot(g_c, tl.trans(state), input_precision=PREC) + tl.dot(d_scores, kn, input_precision=PREC)
+    dqn = dot(g_c, tl.trans(state), DOT_DTYPE) + dot(d_scores, kn, DOT_DTYPE)
 
     tl.store(dq_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(q, dqn), mask=k_mask)
     tl.store(dk_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(k, dkn), mask=k_mask)
@@ -377,7 +406,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
     batch, steps, heads, dk = q.shape
     dv = v.shape[-1]
     num_chunks = triton.cdiv(steps, config.chunk)
-    common = dict(DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), PREC=dot_precision(q.dtype),
+    common = dict(DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), DOT_DTYPE=dot_dtype(q.dtype),
                   num_warps=config.num_warps)
     w = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     u0 = torch.empty(v.shape, device=q.device, dtype=torch.float32)
@@ -405,7 +434,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
     num_chunks = triton.cdiv(steps, config.chunk)
     has_gate = gate is not None
     common = dict(DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), HAS_GATE=has_gate,
-                  PREC=dot_precision(q.dtype), num_warps=config.num_warps)
+                  DOT_DTYPE=dot_dtype(q.dtype), num_warps=config.num_warps)
     dstates = torch.empty_like(saved.chunk_states)
     dstate = torch.empty_like(dfinal)
     _state_gradient_kernel[(batch * heads, triton.cdiv(dv_dim, config.value_block))](
