@@ -35,6 +35,7 @@ def _step_kernel(
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
     cols, col_ok = head_columns(D, BLOCK_D)
+    swapped, _ = head_columns(D, BLOCK_D, True)
     token = pid * D + cols
     q = tl.load(q_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
@@ -62,6 +63,7 @@ def _step_kernel(
     m_i = tl.full([], float("-inf"), tl.float32)
     l_i = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
+    k_swapped = tl.load(k_ptr + pid * D + swapped, mask=col_ok, other=0.0).to(tl.float32)
     for start in range(0, S, BLOCK_S):
         slots = start + tl.arange(0, BLOCK_S)
         ring_rows = ((b * S + slots[:, None]) * H + h) * D
@@ -69,13 +71,16 @@ def _step_kernel(
         current = (slots == write)[:, None]
         keys = tl.where(current, k[None, :],
                         tl.load(kv_keys_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
+        keys_swapped = tl.where(current, k_swapped[None, :],
+                                tl.load(kv_keys_ptr + ring_rows + swapped[None, :], mask=ring_mask,
+                                        other=0.0).to(tl.float32))
         values = tl.where(current, v[None, :],
                           tl.load(kv_values_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
         distance = (write - slots + S) % S
         valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
         allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
         # RoPE by relative position: each key rotated by minus its distance (the inverse rotation by it).
-        rotated = rope(keys, distance, slots < S, cos_ptr, sin_ptr, D, True)
+        rotated = rope(keys, keys_swapped, distance, slots < S, cos_ptr, sin_ptr, D, True)
         scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no allowed slot yet

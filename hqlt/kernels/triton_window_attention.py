@@ -68,12 +68,14 @@ def rope_tables(positions: int, head_dim: int, device: torch.device) -> tuple[Te
 
 
 @triton.jit
-def head_columns(D: tl.constexpr, BLOCK_D: tl.constexpr):
+def head_columns(D: tl.constexpr, BLOCK_D: tl.constexpr, SWAPPED: tl.constexpr = False):
     """The kernels' order of a head's D columns in a BLOCK_D-wide tile: each rotate-half half padded to
     BLOCK_D / 2, so that RoPE's partner of tile column c is always c +- BLOCK_D / 2 (the identity order
     when D is a power of two; products over the columns do not depend on their order). Returns each
-    tile column's index in the head `[BLOCK_D]` and whether it is one."""
+    tile column's index in the head `[BLOCK_D]` (with SWAPPED, its partner's) and whether it is one."""
     c = tl.arange(0, BLOCK_D)
+    if SWAPPED:
+        c = (c + BLOCK_D // 2) % BLOCK_D
     j = c % (BLOCK_D // 2)
     return (c // (BLOCK_D // 2)) * (D // 2) + j, j < D // 2
 
@@ -88,10 +90,11 @@ def swap_halves(x):
 
 
 @triton.jit
-def rope(x, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr):
+def rope(x, x_swapped, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr):
     """RoPE (INVERSE: its inverse) of fp32 rows x `[R, BLOCK_D]` (columns in `head_columns` order) at
-    positions p `[R]`; cos and sin of each (position, frequency) come from the tables
-    `[positions, D / 2]` of `rope_tables`. Rows outside row_ok and padding columns become 0."""
+    positions p `[R]`, given x with its column halves swapped (loaded so, or by `swap_halves`); cos
+    and sin of each (position, frequency) come from the tables `[positions, D / 2]` of `rope_tables`.
+    Rows outside row_ok and padding columns become 0."""
     BLOCK_D: tl.constexpr = x.shape[1]
     c = tl.arange(0, BLOCK_D)
     j = c % (BLOCK_D // 2)
@@ -102,30 +105,34 @@ def rope(x, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr)
     mask = row_ok[:, None] & (j < D // 2)[None, :]
     cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
     sin = tl.load(sin_ptr + table, mask=mask, other=0.0)
-    return x * cos + sign[None, :] * swap_halves(x) * sin
+    return x * cos + sign[None, :] * x_swapped * sin
 
 
 @triton.jit
-def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows `rows` of a `[B, N, H, D]` tensor as fp32 `[R, BLOCK_D]` (`head_columns` order, 0 outside)."""
-    cols, col_ok = head_columns(D, BLOCK_D)
+def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr, SWAPPED: tl.constexpr = False):
+    """Rows `rows` of a `[B, N, H, D]` tensor as fp32 `[R, BLOCK_D]` (`head_columns` order, with SWAPPED
+    its column halves swapped; 0 outside)."""
+    cols, col_ok = head_columns(D, BLOCK_D, SWAPPED)
     mask = ((rows >= 0) & (rows < N))[:, None] & col_ok[None, :]
     return tl.load(ptr + ((b * N + rows[:, None]) * H + h) * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) as fp32 `[R, BLOCK_D]`: two
-    masked loads (each keeps its rows' contiguity)."""
-    return (rows_at(cache_ptr, b, p, h, S, H, D, BLOCK_D)
-            + rows_at(segment_ptr, b, p - S, h, T, H, D, BLOCK_D))
+def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                SWAPPED: tl.constexpr = False):
+    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) as fp32 `[R, BLOCK_D]` (as
+    `rows_at`): two masked loads (each keeps its rows' contiguity)."""
+    return (rows_at(cache_ptr, b, p, h, S, H, D, BLOCK_D, SWAPPED)
+            + rows_at(segment_ptr, b, p - S, h, T, H, D, BLOCK_D, SWAPPED))
 
 
 @triton.jit
 def rotated_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows p of cat([cache, segment]) (as `concat_rows`) rotated by RoPE at positions p."""
+    """Rows p of cat([cache, segment]) (as `concat_rows`) rotated by RoPE at positions p (the swapped
+    halves are loaded again: cheaper than swapping registers inside the attention loops)."""
     x = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, BLOCK_D)
-    return rope(x, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
+    x_swapped = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, BLOCK_D, True)
+    return rope(x, x_swapped, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
 
 
 @triton.jit
@@ -249,7 +256,8 @@ def dq_kernel(
         probs = tl.where(allowed, tl.exp(scores - lse[:, None]), 0.0)
         dprobs = tl.dot(do, tl.trans(value), input_precision=PREC)
         dqr += tl.dot(probs * (dprobs - delta[:, None]), kr, input_precision=PREC)
-    dq = rope(dqr * scale, q_pos, t < T, cos_ptr, sin_ptr, D, True)
+    dq = dqr * scale
+    dq = rope(dq, swap_halves(dq), q_pos, t < T, cos_ptr, sin_ptr, D, True)
     store_rows(dq_ptr, dq, b, t, h, T, H, D, BLOCK_D, dq_partial_ptr if HAS_GATE else None)
 
 
@@ -290,7 +298,8 @@ def dkdv_kernel(
         dv += tl.dot(probs_t, do, input_precision=PREC)
         dprobs_t = tl.dot(value, tl.trans(do), input_precision=PREC)
         dkr += tl.dot(probs_t * (dprobs_t - delta[None, :]), qr, input_precision=PREC)
-    dk = rope(dkr * scale, p, p < P, cos_ptr, sin_ptr, D, True)
+    dk = dkr * scale
+    dk = rope(dk, swap_halves(dk), p, p < P, cos_ptr, sin_ptr, D, True)
     store_rows(dcache_k_ptr, dk, b, p, h, S, H, D, BLOCK_D)
     store_rows(dcache_v_ptr, dv, b, p, h, S, H, D, BLOCK_D)
     store_rows(dk_ptr, dk, b, p - S, h, T, H, D, BLOCK_D, dk_partial_ptr if HAS_GATE else None)
