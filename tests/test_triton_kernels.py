@@ -25,6 +25,8 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 # (batch, steps, heads, head dim) per device: the interpreter runs every program serially in numpy.
 SHAPE = (8, 300, 4, 64) if CUDA else (2, 37, 2, 16)
+# An even head dim that is not a power of two (the kernels pad each RoPE half of it).
+ODD_DIM = 48 if CUDA else 24
 
 
 def _resets(batch: int, steps: int, chunk_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -78,7 +80,7 @@ def _delta_run(backend, q, k, v, beta, resets, state, chunk_size=64):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
-@pytest.mark.parametrize("dims", [(SHAPE[3], SHAPE[3]), (SHAPE[3] // 2 + 8, SHAPE[3] + 8)])
+@pytest.mark.parametrize("dims", [(SHAPE[3], SHAPE[3]), (SHAPE[3] // 2 + 8, SHAPE[3] + 8), (SHAPE[3] // 2, SHAPE[3] // 2)])
 def test_delta_rule(dtype, chunk_size, dims):
     batch, steps, heads, _ = SHAPE
     dk, dv = dims
@@ -122,9 +124,9 @@ WINDOW_CASES = [  # (cached steps S, window)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cached,window", WINDOW_CASES)
-def test_window_attention(dtype, cached, window):
-    batch, steps, heads, dim = SHAPE
+@pytest.mark.parametrize("cached,window,dim", [case + (SHAPE[3],) for case in WINDOW_CASES] + [(3, 9, ODD_DIM)])
+def test_window_attention(dtype, cached, window, dim):
+    batch, steps, heads, _ = SHAPE
     g = torch.Generator().manual_seed(cached + window)
     inputs = _window_inputs(g, batch, steps, heads, dim, cached)
 
@@ -186,7 +188,7 @@ def test_an_op_without_a_triton_kernel_runs_the_reference_with_one_warning(monke
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim,window", [(64, 64), (128, 100)] if CUDA else [(16, 6), (128, 40)])
+@pytest.mark.parametrize("dim,window", [(64, 64), (128, 100), (ODD_DIM, 20)] if CUDA else [(16, 6), (128, 40), (ODD_DIM, 6)])
 def test_rollout_step_matches_sequence_op(dtype, dim, window):
     """T steps of the in-place step op (ring buffer, advance_ring between steps) equal one call of the
     sequence op on the same T steps, for the reference step and the Triton step kernel (which walks

@@ -75,9 +75,12 @@ def head_columns(D: tl.constexpr, BLOCK_D: tl.constexpr, SWAPPED: tl.constexpr =
     tile column's index in the head `[BLOCK_D]` (with SWAPPED, its partner's) and whether it is one."""
     c = tl.arange(0, BLOCK_D)
     if SWAPPED:
-        c = (c + BLOCK_D // 2) % BLOCK_D
-    j = c % (BLOCK_D // 2)
-    return (c // (BLOCK_D // 2)) * (D // 2) + j, j < D // 2
+        c = tl.where(c < BLOCK_D // 2, c + BLOCK_D // 2, c - BLOCK_D // 2)
+    valid = c < D
+    if BLOCK_D != D:  # a power of two keeps the plain order, whose contiguity the compiler can prove
+        valid = c % (BLOCK_D // 2) < D // 2
+        c = (c // (BLOCK_D // 2)) * (D // 2) + c % (BLOCK_D // 2)
+    return c, valid
 
 
 @triton.jit
