@@ -20,6 +20,7 @@ tf32. Stored states, W, U0 and T stay fp32 either way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,6 +56,7 @@ class ChunkConfig:
     num_warps: int = 4
 
 
+@functools.lru_cache(maxsize=None)
 def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype) -> ChunkConfig:
     """The launch of the delta-rule kernels for `head_dims` (dk, dv) and `dtype` inputs: the requested
     chunk, capped so that the per-chunk tiles fit. `tests/test_triton_resources.py` compiles every
@@ -86,7 +88,13 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def block_size(dim: int) -> int:
     """Padded tile width for a head dimension (a power of two, at least 16 for tensor-core products)."""
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, 1 << (dim - 1).bit_length())
+
+
+def ceil_div(a: int, b: int) -> int:
+    """Programs of `b` rows that cover `a` rows (plain integers: the launchers run on every call, and
+    Triton's own `cdiv` is a constexpr function, several times slower from host code)."""
+    return -(-a // b)
 
 
 def check_inputs(op: str, dtype: torch.dtype, head_dims: tuple[int, ...], chunk_size: int | None = None) -> None:
@@ -413,7 +421,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
     `out_dtype` (default v's), the final state and, if asked, what the backward pass needs."""
     batch, steps, heads, dk = q.shape
     dv = v.shape[-1]
-    num_chunks = triton.cdiv(steps, config.chunk)
+    num_chunks = ceil_div(steps, config.chunk)
     common = dict(DK=dk, DV=dv, CHUNK=config.chunk, BLOCK_DK=block_size(dk), DOT_DTYPE=dot_dtype(q.dtype, False),
                   num_warps=config.num_warps)
     w = torch.empty(q.shape, device=q.device, dtype=torch.float32)
@@ -424,7 +432,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
     o = torch.empty_like(v, dtype=out_dtype or v.dtype)
     final = torch.empty_like(state)
     chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if save_for_backward else final
-    _forward_kernel[(batch * heads, triton.cdiv(dv, config.value_block))](
+    _forward_kernel[(batch * heads, ceil_div(dv, config.value_block))](
         q, k, w, u0, resets, state, o, final, chunk_states, steps, heads, scale,
         BLOCK_V=config.value_block, STORE_CHUNK_STATES=save_for_backward, num_stages=config.num_stages, **common,
     )
@@ -439,13 +447,13 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
     (Synchronous HQLT), dgate."""
     batch, steps, heads, dk = q.shape
     dv_dim = v.shape[-1]
-    num_chunks = triton.cdiv(steps, config.chunk)
+    num_chunks = ceil_div(steps, config.chunk)
     has_gate = gate is not None
     common = dict(DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), HAS_GATE=has_gate,
                   DOT_DTYPE=dot_dtype(q.dtype, False), num_warps=config.num_warps)
     dstates = torch.empty_like(saved.chunk_states)
     dstate = torch.empty_like(dfinal)
-    _state_gradient_kernel[(batch * heads, triton.cdiv(dv_dim, config.value_block))](
+    _state_gradient_kernel[(batch * heads, ceil_div(dv_dim, config.value_block))](
         q, k, saved.w, resets, do, gate if has_gate else do, dfinal, dstates, dstate, steps, heads, scale,
         BLOCK_V=config.value_block, num_stages=config.num_stages, **common,
     )

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hqlt.kernels import reference
-from hqlt.kernels.triton_delta_rule import block_size, check_inputs, dot_precision
+from hqlt.kernels.triton_delta_rule import block_size, ceil_div, check_inputs, dot_precision
 
 # Most query/key rows x padded head dim per tile (at head dim 128, [64, 128] tiles with their
 # pipelined copies do not fit an H100's 227 KB of shared memory).
@@ -41,6 +41,7 @@ class WindowConfig:
     num_warps: int = 4
 
 
+@functools.lru_cache(maxsize=None)
 def window_config(head_dim: int) -> WindowConfig:
     """Launch of the window-attention kernels for `head_dim`: [64, d] blocks, unpipelined (a query
     block walks two or three key blocks; on an H200 this was the fastest fused HQLT op of 8 launch
@@ -343,7 +344,7 @@ def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = Non
     o = torch.empty_like(v)
     o_kv = torch.empty(q.shape, device=q.device, dtype=torch.float32) if gate is not None else o
     lse = torch.empty(batch, heads, steps, device=q.device, dtype=torch.float32)
-    _forward_kernel[(triton.cdiv(steps, config.block), batch * heads)](
+    _forward_kernel[(ceil_div(steps, config.block), batch * heads)](
         *launch_arguments(inputs), o if gate is None else gate, o if o_fw is None else o_fw, o, o_kv, lse,
         steps, inputs.cache_k.shape[1], heads, window, scale,
         D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=gate is not None,
@@ -369,11 +370,11 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     dq, dk, dv = torch.empty_like(q), torch.empty_like(inputs.k), torch.empty_like(inputs.v)
     dcache_k, dcache_v = torch.empty_like(cache_k), torch.empty_like(inputs.cache_v)
     delta = torch.empty_like(lse)
-    dq_kernel[(triton.cdiv(steps, config.block), batch * heads)](
+    dq_kernel[(ceil_div(steps, config.block), batch * heads)](
         *launch_arguments(inputs), o, lse, do, gate_arg, dq_partial, dq, delta,
         steps, cached, heads, window, scale, **common,
     )
-    dkdv_kernel[(triton.cdiv(cached + steps, config.block), batch * heads)](
+    dkdv_kernel[(ceil_div(cached + steps, config.block), batch * heads)](
         *launch_arguments(inputs), lse, delta, do, gate_arg, dk_partial, dv_partial, dk, dv, dcache_k, dcache_v,
         steps, cached, heads, window, scale, **common,
     )
