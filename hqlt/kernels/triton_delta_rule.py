@@ -113,11 +113,11 @@ def check_inputs(op: str, dtype: torch.dtype, head_dims: tuple[int, ...], chunk_
 
 @triton.jit
 def dot(a, b, DOT_DTYPE: tl.constexpr, FP32_OPERANDS: tl.constexpr = False):
-    """a `[M, K]` @ b `[K, N]` accumulated in fp32. fp32 inputs (DOT_DTYPE "fp32"): three-pass tf32,
-    about fp32 accuracy. 16-bit inputs ("bf16" or "fp16"): both operands rounded to that dtype, as
-    the inputs were (half the registers of fp32 operands, twice the tensor-core rate); with
-    FP32_OPERANDS they stay fp32 at tf32 precision, for the few products whose rounding costs the
-    results most accuracy."""
+    """a `[M, K]` @ b `[K, N]` accumulated in fp32, by `DOT_DTYPE` (see `dot_dtype`): "fp32" (fp32
+    inputs) three-pass tf32, about fp32 accuracy; "tf32" fp32 operands at tf32; "bf16" or "fp16" both
+    operands rounded to that dtype, as the inputs were (half the registers of fp32 operands, twice
+    the tensor-core rate), unless FP32_OPERANDS keeps them fp32 at tf32 for a product whose rounding
+    costs the results most accuracy."""
     if DOT_DTYPE == "fp32":
         return tl.dot(a, b, input_precision="tf32x3")
     elif FP32_OPERANDS or DOT_DTYPE == "tf32":
@@ -450,12 +450,12 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
     num_chunks = ceil_div(steps, config.chunk)
     has_gate = gate is not None
     common = dict(DK=dk, DV=dv_dim, CHUNK=config.chunk, BLOCK_DK=block_size(dk), HAS_GATE=has_gate,
-                  DOT_DTYPE=dot_dtype(q.dtype, False), num_warps=config.num_warps)
+                  num_warps=config.num_warps)
     dstates = torch.empty_like(saved.chunk_states)
     dstate = torch.empty_like(dfinal)
     _state_gradient_kernel[(batch * heads, ceil_div(dv_dim, config.value_block))](
         q, k, saved.w, resets, do, gate if has_gate else do, dfinal, dstates, dstate, steps, heads, scale,
-        BLOCK_V=config.value_block, num_stages=config.num_stages, **common,
+        BLOCK_V=config.value_block, num_stages=config.num_stages, DOT_DTYPE=dot_dtype(q.dtype, False), **common,
     )
     dq = torch.empty_like(q, dtype=grad_dtype or q.dtype)
     dk_ = torch.empty_like(k, dtype=grad_dtype or k.dtype)
@@ -466,7 +466,7 @@ def backward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, save
         q, k, v, beta, resets, saved.chunk_states, dstates, saved.inverses, do,
         gate if has_gate else do, o_kv if o_kv is not None else do,
         dq, dk_, dv, dbeta, dgate if has_gate else dq,
-        steps, heads, scale, BLOCK_DV=block_size(dv_dim), **{**common, "DOT_DTYPE": dot_dtype(q.dtype, True)},
+        steps, heads, scale, BLOCK_DV=block_size(dv_dim), DOT_DTYPE=dot_dtype(q.dtype, True), **common,
     )
     return (dq, dk_, dv, dbeta, dstate) + ((dgate,) if has_gate else ())
 
