@@ -19,10 +19,13 @@ from hqlt.kernels.rollout_step import check_step_inputs
 from hqlt.kernels.triton_delta_rule import block_size, check_inputs, feature_map
 from hqlt.kernels.triton_window_attention import check_window_inputs, head_columns, rope, rope_tables
 
-# Ring slots the step kernel attends per block (it loops over the ring in blocks this size): on an H200,
-# one layer's step for 1024 envs, 4 heads, d=64, a 64-slot fp32 ring took 114 us with 16-slot blocks
-# against 213 us with 32 and 227 us with 64 (more blocks in flight per SM).
-RING_BLOCK = 16
+def step_launch(head_dim: int) -> tuple[int, int]:
+    """(ring slots per block, warps) of the step kernel for `head_dim`. One program holds a head's
+    [d, d] fp32 fast weights: at d <= 64 two warps and 8-slot ring blocks were fastest on an H200 (one
+    layer, 1024 envs, 4 heads, d=64, 64-slot ring: 95 us, against 103 us with 4 warps and 16 slots,
+    128 with 4 warps and 8 slots and 180-196 with 8 warps); larger heads keep 4 warps and 16 slots,
+    so that the fast weights stay in registers."""
+    return (8, 2) if block_size(head_dim) <= 64 else (16, 4)
 
 
 @triton.jit
@@ -120,11 +123,12 @@ def synchronous_hqlt_step(
     batch, _, heads, dim = q.shape
     scale = dim**-0.5 if scale is None else scale
     o = torch.empty_like(v)
+    ring_block, num_warps = step_launch(dim)
     _step_kernel[(batch * heads,)](
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
         fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), *rope_tables(kv_keys.shape[1], dim, q.device),
         o, heads, kv_keys.shape[1], window, scale,
-        D=dim, BLOCK_D=block_size(dim), BLOCK_S=RING_BLOCK,
-        num_warps=4, num_stages=1,  # as measured above (a short walk gains nothing from prefetching)
+        D=dim, BLOCK_D=block_size(dim), BLOCK_S=ring_block,
+        num_warps=num_warps, num_stages=1,  # a short walk gains nothing from prefetching
     )
     return o, fw_state
