@@ -23,7 +23,7 @@ def step_launch(head_dim: int) -> tuple[int, int]:
     """(ring slots per block, warps) of the step kernel for `head_dim`. One program holds a head's
     [d, d] fp32 fast weights: at d <= 64 two warps and 8-slot ring blocks were fastest on an H200 (one
     layer, 1024 envs, 4 heads, d=64, 64-slot ring: 95 us, against 103 us with 4 warps and 16 slots,
-    128 with 4 warps and 8 slots and 180-196 with 8 warps); larger heads keep 4 warps and 16 slots,
+    128 with 4 warps and 8 slots and 150-196 with 8 warps); larger heads keep 4 warps and 16 slots,
     so that the fast weights stay in registers."""
     return (8, 2) if block_size(head_dim) <= 64 else (16, 4)
 
