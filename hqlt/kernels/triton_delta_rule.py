@@ -167,9 +167,9 @@ def unit_lower_inverse(a, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr):
 
     The 16 x 16 diagonal blocks are inverted together by forward substitution (one row of every
     block per step); with D their inverse and N = D L (L the strictly block-lower part, so
-    N^4 = 0 for C <= 64), (I + a)^-1 = (I - N)(I + N^2) D. Its products keep fp32 operands for
-    16-bit inputs too: with similar keys in a chunk the inverse's entries cancel, and 16-bit operands
-    doubled dk's error there.
+    N^4 = 0 for C <= 64), (I + a)^-1 = (I - N)(I + N^2) D. Only the prepare kernel calls it, whose
+    products keep fp32 operands (see `dot_dtype`): with similar keys in a chunk the inverse's entries
+    cancel, and 16-bit operands doubled dk's error there.
     """
     rows = tl.arange(0, CHUNK)
     eye = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
@@ -178,12 +178,12 @@ def unit_lower_inverse(a, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr):
     inverse = eye
     for i in tl.static_range(1, _SOLVE_BLOCK):
         row = (rows % _SOLVE_BLOCK == i)[:, None]
-        step = eye - dot(tl.where(row, a_block, 0.0), inverse, DOT_DTYPE, True)
+        step = eye - dot(tl.where(row, a_block, 0.0), inverse, DOT_DTYPE)
         inverse = tl.where(row, step, inverse)
     if CHUNK > _SOLVE_BLOCK:
-        n = dot(inverse, a - a_block, DOT_DTYPE, True)
-        n2 = dot(n, n, DOT_DTYPE, True)
-        inverse = dot(eye - n, dot(eye + n2, inverse, DOT_DTYPE, True), DOT_DTYPE, True)
+        n = dot(inverse, a - a_block, DOT_DTYPE)
+        n2 = dot(n, n, DOT_DTYPE)
+        inverse = dot(eye - n, dot(eye + n2, inverse, DOT_DTYPE), DOT_DTYPE)
     return inverse
 
 

@@ -348,7 +348,7 @@ def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = Non
         *launch_arguments(inputs), o if gate is None else gate, o if o_fw is None else o_fw, o, o_kv, lse,
         steps, inputs.cache_k.shape[1], heads, window, scale,
         D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=gate is not None,
-        PREC=dot_precision(v.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        PREC=dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, o_kv, lse
 
@@ -370,12 +370,13 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     dq, dk, dv = torch.empty_like(q), torch.empty_like(inputs.k), torch.empty_like(inputs.v)
     dcache_k, dcache_v = torch.empty_like(cache_k), torch.empty_like(inputs.cache_v)
     delta = torch.empty_like(lse)
+    leading = launch_arguments(inputs)
     dq_kernel[(ceil_div(steps, config.block), batch * heads)](
-        *launch_arguments(inputs), o, lse, do, gate_arg, dq_partial, dq, delta,
+        *leading, o, lse, do, gate_arg, dq_partial, dq, delta,
         steps, cached, heads, window, scale, **common,
     )
     dkdv_kernel[(ceil_div(cached + steps, config.block), batch * heads)](
-        *launch_arguments(inputs), lse, delta, do, gate_arg, dk_partial, dv_partial, dk, dv, dcache_k, dcache_v,
+        *leading, lse, delta, do, gate_arg, dk_partial, dv_partial, dk, dv, dcache_k, dcache_v,
         steps, cached, heads, window, scale, **common,
     )
     return dq, dk, dv, dcache_k, dcache_v
