@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 from hqlt.kernels.triton_resources import H100_SHARED_MEMORY, all_cases  # noqa: E402
 
 KERNELS = {
-    "triton_delta_rule._prepare_kernel", "triton_delta_rule._forward_kernel",
+    "triton_delta_rule._prepare_kernel", "triton_delta_rule._forward_walk_kernel",
     "triton_delta_rule._state_gradient_kernel", "triton_delta_rule.chunk_gradient_kernel",
     "triton_window_attention._forward_kernel",
     "triton_window_attention.dq_kernel", "triton_window_attention.dkdv_kernel", "triton_rollout_step._step_kernel",

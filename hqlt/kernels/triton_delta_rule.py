@@ -36,7 +36,6 @@ MAX_HEAD_DIM = 128
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _L2_EPS = tl.constexpr(reference.L2_EPS)
-_SOLVE_BLOCK = tl.constexpr(16)  # diagonal blocks inverted by substitution; the rest by a Neumann product
 # Largest chunk x padded head dim the chunk kernels run: the backward's per-chunk kernel holds about
 # twenty [C, d] / [C, C] fp32 tiles at once. Its three-pass fp32 products need the smaller tile: on an
 # H200, fp32 fwd+bwd at 256 x 128, d=64 took 10.1 ms with chunk 32 and 1.4 ms with chunk 16.
@@ -68,22 +67,17 @@ def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype
 
 
 def dot_dtype(dtype: torch.dtype, sixteen_bit_operands: bool) -> str:
-    """The `DOT_DTYPE` of a chunk kernel for `dtype` inputs (see `dot`): "fp32" for fp32 inputs; for
-    16-bit inputs their own dtype's name with `sixteen_bit_operands`, else "tf32" (fp32 operands).
+    """The `DOT_DTYPE` of a kernel's products for `dtype` inputs (see `dot`): "fp32" for fp32 inputs;
+    for 16-bit inputs their own dtype's name with `sixteen_bit_operands`, else "tf32" (fp32 operands).
 
-    Only the per-chunk gradient kernel takes 16-bit operands (on an H200 at 256 x 128, d=64: 372 ->
-    285 us). In the prepare kernel and the state walks they cost the most accuracy (relative error
-    of the final state 1e-7 -> 3e-3 on random keys, 1e-2 on similar keys) and gained about 80 us, and
-    at chunk 64 they gave an illegal memory access under Triton 3.6 at d=16."""
+    The window-attention kernels and the per-chunk gradient kernel take 16-bit operands (on an H200 at
+    256 x 128, d=64: window dq 170 -> 119 us, dk/dv 210 -> 146 us; per-chunk gradients 372 -> 285 us).
+    In the prepare kernel and the state walks they cost the most accuracy (relative error of the
+    final state 1e-7 -> 3e-3 on random keys, 1e-2 on similar keys) and gained about 80 us, and at
+    chunk 64 they gave an illegal memory access under Triton 3.6 at d=16."""
     if dtype == torch.float32:
         return "fp32"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if sixteen_bit_operands else "tf32"
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """`input_precision` of fp32-operand products (the window-attention kernels'): tf32 for 16-bit
-    inputs, three-pass tf32 (about fp32 accuracy) for fp32 inputs."""
-    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 def block_size(dim: int) -> int:
@@ -163,27 +157,20 @@ def chunk_episodes(resets):
 
 @triton.jit
 def unit_lower_inverse(a, CHUNK: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """(I + a)^-1 for strictly lower triangular a `[C, C]` fp32.
-
-    The 16 x 16 diagonal blocks are inverted together by forward substitution (one row of every
-    block per step); with D their inverse and N = D L (L the strictly block-lower part, so
-    N^4 = 0 for C <= 64), (I + a)^-1 = (I - N)(I + N^2) D. Only the prepare kernel calls it, whose
-    products keep fp32 operands (see `dot_dtype`): with similar keys in a chunk the inverse's entries
-    cancel, and 16-bit operands doubled dk's error there.
+    """(I + a)^-1 for strictly lower triangular a `[C, C]` fp32 (C <= 64), by doubling the inverted
+    diagonal blocks: with X inverting every diagonal block of size s, X - X (a on the lower-left
+    s-blocks of each 2s-block) X inverts the 2s-blocks, as [[A, 0], [L, B]]^-1 = [[A^-1, 0],
+    [-B^-1 L A^-1, B^-1]]. log2(C) steps of two products. Only the prepare kernel calls it, whose
+    products keep fp32 operands (see `dot_dtype`): with similar keys in a chunk the inverse's
+    entries cancel, and 16-bit operands doubled dk's error there.
     """
     rows = tl.arange(0, CHUNK)
-    eye = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
-    same_block = (rows[:, None] // _SOLVE_BLOCK) == (rows[None, :] // _SOLVE_BLOCK)
-    a_block = tl.where(same_block, a, 0.0)
-    inverse = eye
-    for i in tl.static_range(1, _SOLVE_BLOCK):
-        row = (rows % _SOLVE_BLOCK == i)[:, None]
-        step = eye - dot(tl.where(row, a_block, 0.0), inverse, DOT_DTYPE)
-        inverse = tl.where(row, step, inverse)
-    if CHUNK > _SOLVE_BLOCK:
-        n = dot(inverse, a - a_block, DOT_DTYPE)
-        n2 = dot(n, n, DOT_DTYPE)
-        inverse = dot(eye - n, dot(eye + n2, inverse, DOT_DTYPE), DOT_DTYPE)
+    inverse = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
+    for level in tl.static_range(6):
+        if (1 << level) < CHUNK:
+            same_pair = (rows[:, None] >> (level + 1)) == (rows[None, :] >> (level + 1))
+            lower_left = same_pair & (((rows[:, None] >> level) & 1) == 1) & (((rows[None, :] >> level) & 1) == 0)
+            inverse -= dot(dot(inverse, tl.where(lower_left, a, 0.0), DOT_DTYPE), inverse, DOT_DTYPE)
     return inverse
 
 
@@ -264,7 +251,7 @@ def _prepare_kernel(
 
 
 @triton.jit
-def _forward_kernel(
+def _forward_walk_kernel(
     q_ptr, k_ptr, w_ptr, u0_ptr, resets_ptr, state_ptr, o_ptr, final_ptr, chunk_states_ptr,
     T, H, scale,
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -297,7 +284,7 @@ def _state_gradient_kernel(
     DK: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_V: tl.constexpr,
     HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
-    """The reverse walk carrying dS (value columns split as in `_forward_kernel`): stores the gradient
+    """The reverse walk carrying dS (value columns split as in `_forward_walk_kernel`): stores the gradient
     of the state leaving every chunk `[B, H, NC, dk, dv]` and the initial state's gradient. With
     HAS_GATE the output was gate * o_FW + ..., so the incoming gradient is scaled by the gate."""
     pid = tl.program_id(0).to(tl.int64)
@@ -333,72 +320,72 @@ def chunk_gradient_kernel(
     """dq, dk, dv, dbeta of one chunk from the state S entering it, the gradient dS_next of the
     state leaving it and its T = (I + A)^-1 (all stored by the earlier kernels). With HAS_GATE the
     output was gate * o_FW + (1 - gate) * o_KV: the incoming gradient is scaled by the gate and the
-    gate's own gradient is written too."""
+    gate's own gradient is written too.
+
+    The kernel holds many tiles, so it keeps their live ranges short (spilled registers cost more
+    than loading again from L2): S and dS_next are loaded again, transposed, for their late
+    products, and q, k again for the feature map's backward."""
     n = tl.program_id(0)
     pid = tl.program_id(1).to(tl.int64)
     b, h = pid // H, pid % H
     num_chunks = tl.cdiv(T, CHUNK)
     rows = tl.arange(0, CHUNK)
-    lower = rows[:, None] >= rows[None, :]
-    strict_lower = rows[:, None] > rows[None, :]
     t = n * CHUNK + rows
     valid = t < T
     ck, cv = tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_DV)
     k_mask = valid[:, None] & (ck[None, :] < DK)
     v_mask = valid[:, None] & (cv[None, :] < DV)
-    state_offsets = (pid * num_chunks + n) * DK * DV + ck[:, None] * DV + cv[None, :]
+    state_at = (pid * num_chunks + n) * DK * DV
+    state_offsets = ck[:, None] * DV + cv[None, :]
     state_mask = (ck[:, None] < DK) & (cv[None, :] < DV)
-    q = load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask)
-    k = load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask)
-    v = load_rows(v_ptr, b, t, h, T, H, DV, cv, v_mask)
-    do = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask)
     beta = tl.load(beta_ptr + (b * T + t) * H + h, mask=valid, other=0.0).to(tl.float32)
-    resets = tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32)
-    state = tl.load(chunk_states_ptr + state_offsets, mask=state_mask, other=0.0)
-    dstate = tl.load(dstates_ptr + state_offsets, mask=state_mask, other=0.0)
+    continues, same, in_last, carry = chunk_episodes(tl.load(resets_ptr + b * T + t, mask=valid, other=0).to(tl.int32))
+    causal = (rows[:, None] >= rows[None, :]) & same
     inverse = tl.load(inverses_ptr + (pid * num_chunks + n) * CHUNK * CHUNK + rows[:, None] * CHUNK + rows[None, :])
 
-    # Recompute the chunk's other forward quantities.
-    qn = feature_map(q)
-    kn = feature_map(k)
-    continues, same, in_last, carry = chunk_episodes(resets)
-    kk = dot(kn, tl.trans(kn), DOT_DTYPE)
-    beta_c = tl.where(continues, beta, 0.0)
-    ks = dot(kn, state, DOT_DTYPE)
-    rhs = beta[:, None] * v - beta_c[:, None] * ks
-    u = dot(inverse, rhs, DOT_DTYPE)
-    scores = tl.where(lower & same, dot(qn, tl.trans(kn), DOT_DTYPE), 0.0)
+    # Recompute the chunk's forward quantities: U = T diag(beta) (V - diag(c) K S).
+    qn = feature_map(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask))
+    kn = feature_map(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask))
+    state = tl.load(chunk_states_ptr + state_at + state_offsets, mask=state_mask, other=0.0)
     qs = tl.where(continues[:, None], dot(qn, state, DOT_DTYPE), 0.0)
+    residual = (load_rows(v_ptr, b, t, h, T, H, DV, cv, v_mask)
+                - tl.where(continues[:, None], dot(kn, state, DOT_DTYPE), 0.0))
+    u = dot(inverse, beta[:, None] * residual, DOT_DTYPE)
+    scores = tl.where(causal, dot(qn, tl.trans(kn), DOT_DTYPE), 0.0)
+    do = load_rows(do_ptr, b, t, h, T, H, DV, cv, v_mask)
     if HAS_GATE:
-        gate = load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
         o_fw = (qs + dot(scores, u, DOT_DTYPE)) * scale
         tl.store(dgate_ptr + token_offsets(b, t, h, T, H, DV, cv),
                  do * (o_fw - load_rows(o_kv_ptr, b, t, h, T, H, DV, cv, v_mask)), mask=v_mask)
-        do = do * gate
+        do = do * load_rows(gate_ptr, b, t, h, T, H, DV, cv, v_mask)
     g = do * scale
 
-    # Backward through O, S_next, U = T R, A and R.
-    u_last = tl.where(in_last[:, None], u, 0.0)
-    d_scores = tl.where(lower & same, dot(g, tl.trans(u), DOT_DTYPE), 0.0)
+    # Backward through O, S_next and U = T R (R = diag(beta) residual).
     # dU at fp32 operands: its rounding reaches dv, dbeta and dk through T^T, the most of any product.
     du = dot(tl.trans(scores), g, DOT_DTYPE, True)
+    dstate = tl.load(dstates_ptr + state_at + state_offsets, mask=state_mask, other=0.0)
     du += tl.where(in_last[:, None], dot(kn, dstate, DOT_DTYPE, True), 0.0)
     drhs = dot(tl.trans(inverse), du, DOT_DTYPE)
-    da = tl.where(strict_lower & same, -dot(drhs, tl.trans(u), DOT_DTYPE), 0.0)
-    dbeta = tl.sum(drhs * v, axis=1) - tl.where(continues, tl.sum(drhs * ks, axis=1), 0.0) + tl.sum(da * kk, axis=1)
-    dkk = beta[:, None] * da
-    drhs_c = beta_c[:, None] * drhs
-    dkn = dot(tl.trans(d_scores), qn, DOT_DTYPE)
-    dkn += dot(u_last, tl.trans(dstate), DOT_DTYPE)
-    dkn -= dot(drhs_c, tl.trans(state), DOT_DTYPE)
-    dkn += dot(dkk, kn, DOT_DTYPE) + dot(tl.trans(dkk), kn, DOT_DTYPE)
-    g_c = tl.where(continues[:, None], g, 0.0)
-    dqn = dot(g_c, tl.trans(state), DOT_DTYPE) + dot(d_scores, kn, DOT_DTYPE)
-
-    tl.store(dq_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(q, dqn), mask=k_mask)
-    tl.store(dk_ptr + token_offsets(b, t, h, T, H, DK, ck), feature_map_backward(k, dkn), mask=k_mask)
     tl.store(dv_ptr + token_offsets(b, t, h, T, H, DV, cv), beta[:, None] * drhs, mask=v_mask)
-    tl.store(dbeta_ptr + (b * T + t) * H + h, dbeta, mask=valid)
+    da = tl.where((rows[:, None] > rows[None, :]) & same, -dot(drhs, tl.trans(u), DOT_DTYPE), 0.0)
+    kk = dot(kn, tl.trans(kn), DOT_DTYPE)
+    tl.store(dbeta_ptr + (b * T + t) * H + h, tl.sum(drhs * residual, axis=1) + tl.sum(da * kk, axis=1), mask=valid)
+
+    # Backward through A = beta K K^T, the scores and the products with S and dS_next.
+    dkk = beta[:, None] * da
+    d_scores = tl.where(causal, dot(g, tl.trans(u), DOT_DTYPE), 0.0)
+    state_t_offsets = ck[None, :] * DV + cv[:, None]
+    state_t_mask = (ck[None, :] < DK) & (cv[:, None] < DV)
+    state_t = tl.load(chunk_states_ptr + state_at + state_t_offsets, mask=state_t_mask, other=0.0)
+    dqn = dot(tl.where(continues[:, None], g, 0.0), state_t, DOT_DTYPE) + dot(d_scores, kn, DOT_DTYPE)
+    tl.store(dq_ptr + token_offsets(b, t, h, T, H, DK, ck),
+             feature_map_backward(load_rows(q_ptr, b, t, h, T, H, DK, ck, k_mask), dqn), mask=k_mask)
+    dkn = dot(tl.trans(d_scores), qn, DOT_DTYPE) + dot(dkk, kn, DOT_DTYPE) + dot(tl.trans(dkk), kn, DOT_DTYPE)
+    dkn -= dot(tl.where(continues, beta, 0.0)[:, None] * drhs, state_t, DOT_DTYPE)
+    dstate_t = tl.load(dstates_ptr + state_at + state_t_offsets, mask=state_t_mask, other=0.0)
+    dkn += dot(tl.where(in_last[:, None], u, 0.0), dstate_t, DOT_DTYPE)
+    tl.store(dk_ptr + token_offsets(b, t, h, T, H, DK, ck),
+             feature_map_backward(load_rows(k_ptr, b, t, h, T, H, DK, ck, k_mask), dkn), mask=k_mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -432,7 +419,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, resets: Tensor, state
     o = torch.empty_like(v, dtype=out_dtype or v.dtype)
     final = torch.empty_like(state)
     chunk_states = state.new_empty(batch, heads, num_chunks, dk, dv) if save_for_backward else final
-    _forward_kernel[(batch * heads, ceil_div(dv, config.value_block))](
+    _forward_walk_kernel[(batch * heads, ceil_div(dv, config.value_block))](
         q, k, w, u0, resets, state, o, final, chunk_states, steps, heads, scale,
         BLOCK_V=config.value_block, STORE_CHUNK_STATES=save_for_backward, num_stages=config.num_stages, **common,
     )

@@ -4,10 +4,10 @@ cached keys/values and RoPE by relative distance (same contract as `reference.wi
 Keys live in one concatenated position space of P = S + T rows: cache entries at 0..S-1, the
 segment's tokens at S..S+T-1; the kernels read each row from the cache or the segment tensor (no
 concatenated copy). Queries and keys are rotated by RoPE at their positions as the kernels load
-them, in fp32 (relative distances are what matters), and multiplied with fp32 accumulation. Query t
-(position S+t) sees key p when 0 <= S+t-p < window and both have the same key episode: -1 (never
-matched) for invalid cache entries, 0 for valid ones, and the cumulative count of resets for
-segment rows. The forward pass is flash-attention style (online softmax over key blocks) and keeps
+them, in fp32 (relative distances are what matters), and multiplied with fp32 accumulation
+(16-bit operands for 16-bit inputs, see `triton_delta_rule.dot_dtype`). Query t (position S+t)
+sees key p when 0 <= S+t-p < window and both have the same key episode: -1 (never matched) for
+invalid cache entries, 0 for valid ones, and the cumulative count of resets for segment rows. The forward pass is flash-attention style (online softmax over key blocks) and keeps
 the log-sum-exp per query; the backward pass has one kernel for dq (per query block) and one for
 dk, dv (per key block), both recomputing the probabilities from the log-sum-exp and rotating their
 gradients back before storing them. Forward and backward are three launches in all.
@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hqlt.kernels import reference
-from hqlt.kernels.triton_delta_rule import block_size, ceil_div, check_inputs, dot_precision
+from hqlt.kernels.triton_delta_rule import block_size, ceil_div, check_inputs, dot, dot_dtype
 
 # Most query/key rows x padded head dim per tile (at head dim 128, [64, 128] tiles with their
 # pipelined copies do not fit an H100's 227 KB of shared memory).
@@ -173,7 +173,7 @@ def _forward_kernel(
     gate_ptr, o_fw_ptr, o_ptr, o_kv_ptr, lse_ptr,
     T, S, H, window, scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """Output and log-sum-exp of one query block. With HAS_GATE (Synchronous HQLT) the output is
     gate * o_FW + (1 - gate) * o_KV and o_KV is kept (fp32) for the backward pass."""
@@ -193,7 +193,7 @@ def _forward_kernel(
     for start in range(lo, hi, BLOCK_N):
         p = start + tl.arange(0, BLOCK_N)
         kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
-        scores = tl.dot(qr, tl.trans(kr), input_precision=PREC) * scale
+        scores = dot(qr, tl.trans(kr), DOT_DTYPE) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
         scores = tl.where(allowed, scores, float("-inf"))
@@ -203,7 +203,7 @@ def _forward_kernel(
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(probs, axis=1)
         value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
-        acc = acc * alpha[:, None] + tl.dot(probs, value, input_precision=PREC)
+        acc = acc * alpha[:, None] + dot(probs, value, DOT_DTYPE)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -231,7 +231,7 @@ def dq_kernel(
     o_ptr, lse_ptr, do_ptr, gate_ptr, dq_partial_ptr, dq_ptr, delta_ptr,
     T, S, H, window, scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """dq of one query block (plus the fast-weight part `dq_partial` with HAS_GATE); also writes
     delta = rowsum(dO * O) for `dkdv_kernel`."""
@@ -254,12 +254,12 @@ def dq_kernel(
         p = start + tl.arange(0, BLOCK_N)
         kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
         value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
-        scores = tl.dot(qr, tl.trans(kr), input_precision=PREC) * scale
+        scores = dot(qr, tl.trans(kr), DOT_DTYPE) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
         probs = tl.where(allowed, tl.exp(scores - lse[:, None]), 0.0)
-        dprobs = tl.dot(do, tl.trans(value), input_precision=PREC)
-        dqr += tl.dot(probs * (dprobs - delta[:, None]), kr, input_precision=PREC)
+        dprobs = dot(do, tl.trans(value), DOT_DTYPE)
+        dqr += dot(probs * (dprobs - delta[:, None]), kr, DOT_DTYPE)
     dq = dqr * scale
     dq = rope(dq, swap_halves(dq), q_pos, t < T, cos_ptr, sin_ptr, D, True)
     store_rows(dq_ptr, dq, b, t, h, T, H, D, BLOCK_D, dq_partial_ptr if HAS_GATE else None)
@@ -272,7 +272,7 @@ def dkdv_kernel(
     dk_ptr, dv_ptr, dcache_k_ptr, dcache_v_ptr,
     T, S, H, window, scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GATE: tl.constexpr, PREC: tl.constexpr,
+    HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """dk and dv of one block of concatenated key positions: cache rows to dcache_k, dcache_v, segment
     rows to dk, dv (plus the fast-weight parts `dk_partial`, `dv_partial` with HAS_GATE)."""
@@ -296,12 +296,12 @@ def dkdv_kernel(
         lse = tl.load(lse_ptr + pid * T + t, mask=t < T, other=0.0)
         delta = tl.load(delta_ptr + pid * T + t, mask=t < T, other=0.0)
         q_episode = tl.load(episode_ptr + b * T + t, mask=t < T, other=-2)
-        scores_t = tl.dot(kr, tl.trans(qr), input_precision=PREC) * scale  # [keys, queries]
+        scores_t = dot(kr, tl.trans(qr), DOT_DTYPE) * scale  # [keys, queries]
         allowed = attend_mask(q_pos[None, :], q_episode[None, :], p[:, None], k_episode[:, None], window)
         probs_t = tl.where(allowed, tl.exp(scores_t - lse[None, :]), 0.0)
-        dv += tl.dot(probs_t, do, input_precision=PREC)
-        dprobs_t = tl.dot(value, tl.trans(do), input_precision=PREC)
-        dkr += tl.dot(probs_t * (dprobs_t - delta[None, :]), qr, input_precision=PREC)
+        dv += dot(probs_t, do, DOT_DTYPE)
+        dprobs_t = dot(value, tl.trans(do), DOT_DTYPE)
+        dkr += dot(probs_t * (dprobs_t - delta[None, :]), qr, DOT_DTYPE)
     dk = dkr * scale
     dk = rope(dk, swap_halves(dk), p, p < P, cos_ptr, sin_ptr, D, True)
     store_rows(dcache_k_ptr, dk, b, p, h, S, H, D, BLOCK_D)
@@ -348,7 +348,7 @@ def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = Non
         *launch_arguments(inputs), o if gate is None else gate, o if o_fw is None else o_fw, o, o_kv, lse,
         steps, inputs.cache_k.shape[1], heads, window, scale,
         D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=gate is not None,
-        PREC=dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, o_kv, lse
 
@@ -365,7 +365,7 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     has_gate = gate is not None
     dq_partial, dk_partial, dv_partial = partial if has_gate else (do, do, do)
     common = dict(D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=has_gate,
-                  PREC=dot_precision(q.dtype), num_warps=config.num_warps, num_stages=config.num_stages)
+                  DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages)
     gate_arg = gate if has_gate else do
     dq, dk, dv = torch.empty_like(q), torch.empty_like(inputs.k), torch.empty_like(inputs.v)
     dcache_k, dcache_v = torch.empty_like(cache_k), torch.empty_like(inputs.cache_v)
