@@ -4,8 +4,8 @@ as `rollout_step.synchronous_hqlt_step`, state buffers updated in place).
 One program per (env, head): clear the memories on a reset, write (k, v) to the ring slot, apply
 the delta update to the fp32 fast weights and read them, attend over the ring block by block with
 an online softmax (RoPE by ring distance: the keys are rotated by minus their distance, which equals
-rotating the query too; the window attention's RoPE helpers and column order), and mix both reads
-with the gate.
+rotating the query too; the window attention's RoPE on the two halves of the head), and mix both
+reads with the gate.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hqlt.kernels.rollout_step import check_step_inputs
 from hqlt.kernels.triton_delta_rule import block_size, check_inputs, feature_map
-from hqlt.kernels.triton_window_attention import check_window_inputs, head_columns, rope, rope_tables
+from hqlt.kernels.triton_window_attention import check_window_inputs, rope, rope_tables, rows_at
 
 def step_launch(head_dim: int) -> tuple[int, int]:
     """(ring slots per block, warps) of the step kernel for `head_dim`. One program holds a head's
@@ -33,12 +33,12 @@ def _step_kernel(
     q_ptr, k_ptr, v_ptr, beta_ptr, gate_ptr, resets_ptr, fw_ptr, kv_keys_ptr, kv_values_ptr, kv_valid_ptr,
     kv_write_ptr, cos_ptr, sin_ptr, o_ptr,
     H, S, window, scale,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
-    cols, col_ok = head_columns(D, BLOCK_D)
-    swapped, _ = head_columns(D, BLOCK_D, True)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
     token = pid * D + cols
     q = tl.load(q_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
     k = tl.load(k_ptr + token, mask=col_ok, other=0.0).to(tl.float32)
@@ -66,25 +66,26 @@ def _step_kernel(
     m_i = tl.full([], float("-inf"), tl.float32)
     l_i = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
-    k_swapped = tl.load(k_ptr + pid * D + swapped, mask=col_ok, other=0.0).to(tl.float32)
+    # RoPE takes the query and this step's key as their two halves [BLOCK_H].
+    half = tl.arange(0, BLOCK_H)
+    half_ok = half < D // 2
+    q1 = tl.load(q_ptr + pid * D + half, mask=half_ok, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + pid * D + D // 2 + half, mask=half_ok, other=0.0).to(tl.float32)
+    k1 = tl.load(k_ptr + pid * D + half, mask=half_ok, other=0.0).to(tl.float32)
+    k2 = tl.load(k_ptr + pid * D + D // 2 + half, mask=half_ok, other=0.0).to(tl.float32)
     for start in range(0, S, BLOCK_S):
         slots = start + tl.arange(0, BLOCK_S)
-        ring_rows = ((b * S + slots[:, None]) * H + h) * D
-        ring_mask = (slots < S)[:, None] & col_ok[None, :]
         current = (slots == write)[:, None]
-        keys = tl.where(current, k[None, :],
-                        tl.load(kv_keys_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
-        keys_swapped = tl.where(current, k_swapped[None, :],
-                                tl.load(kv_keys_ptr + ring_rows + swapped[None, :], mask=ring_mask,
-                                        other=0.0).to(tl.float32))
-        values = tl.where(current, v[None, :],
-                          tl.load(kv_values_ptr + ring_rows + cols[None, :], mask=ring_mask, other=0.0).to(tl.float32))
+        keys1 = tl.where(current, k1[None, :], rows_at(kv_keys_ptr, b, slots, h, S, H, D, D // 2, BLOCK_H))
+        keys2 = tl.where(current, k2[None, :], rows_at(kv_keys_ptr + D // 2, b, slots, h, S, H, D, D // 2, BLOCK_H))
+        values = tl.where(current, v[None, :], rows_at(kv_values_ptr, b, slots, h, S, H, D, D, BLOCK_D))
         distance = (write - slots + S) % S
         valid = (tl.load(kv_valid_ptr + b * S + slots, mask=slots < S, other=0) != 0) & ~reset
         allowed = (valid | (slots == write)) & (distance < window) & (slots < S)
         # RoPE by relative position: each key rotated by minus its distance (the inverse rotation by it).
-        rotated = rope(keys, keys_swapped, distance, slots < S, cos_ptr, sin_ptr, D, True)
-        scores = tl.where(allowed, tl.sum(q[None, :] * rotated, axis=1) * scale, float("-inf"))
+        keys1, keys2 = rope(keys1, keys2, distance, slots < S, cos_ptr, sin_ptr, D, True)
+        scores = tl.sum(q1[None, :] * keys1 + q2[None, :] * keys2, axis=1)
+        scores = tl.where(allowed, scores * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no allowed slot yet
         probs = tl.exp(scores - m_safe)
@@ -128,7 +129,7 @@ def synchronous_hqlt_step(
         q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(), gate.contiguous(), resets.contiguous(),
         fw_state, kv_keys, kv_values, kv_valid.contiguous(), kv_write.contiguous(), *rope_tables(kv_keys.shape[1], dim, q.device),
         o, heads, kv_keys.shape[1], window, scale,
-        D=dim, BLOCK_D=block_size(dim), BLOCK_S=ring_block,
+        D=dim, BLOCK_D=block_size(dim), BLOCK_H=block_size(dim // 2), BLOCK_S=ring_block,
         num_warps=num_warps, num_stages=1,  # a short walk gains nothing from prefetching
     )
     return o, fw_state

@@ -4,10 +4,14 @@ cached keys/values and RoPE by relative distance (same contract as `reference.wi
 Keys live in one concatenated position space of P = S + T rows: cache entries at 0..S-1, the
 segment's tokens at S..S+T-1; the kernels read each row from the cache or the segment tensor (no
 concatenated copy). Queries and keys are rotated by RoPE at their positions as the kernels load
-them, in fp32 (relative distances are what matters), and multiplied with fp32 accumulation
-(16-bit operands for 16-bit inputs, see `triton_delta_rule.dot_dtype`). Query t (position S+t)
-sees key p when 0 <= S+t-p < window and both have the same key episode: -1 (never matched) for
-invalid cache entries, 0 for valid ones, and the cumulative count of resets for segment rows. The forward pass is flash-attention style (online softmax over key blocks) and keeps
+them, in fp32 (relative distances are what matters). RoPE works on the two halves of the head dim
+as separate tiles x1, x2 `[R, d/2]` (each padded to a power of two, at least 16): rotated, they are
+r1 = x1 cos - x2 sin, r2 = x2 cos + x1 sin, the scores are r1_q r1_k^T + r2_q r2_k^T and the
+gradients of r1, r2 rotate back elementwise. Values, outputs and dO stay whole-row tiles `[R, d]`.
+Products accumulate in fp32 (16-bit operands for 16-bit inputs, see `triton_delta_rule.dot_dtype`).
+Query t (position S+t) sees key p when 0 <= S+t-p < window and both have the same key episode: -1
+(never matched) for invalid cache entries, 0 for valid ones, and the cumulative count of resets for
+segment rows. The forward pass is flash-attention style (online softmax over key blocks) and keeps
 the log-sum-exp per query; the backward pass has one kernel for dq (per query block) and one for
 dk, dv (per key block), both recomputing the probabilities from the log-sum-exp and rotating their
 gradients back before storing them. Forward and backward are three launches in all.
@@ -69,86 +73,91 @@ def rope_tables(positions: int, head_dim: int, device: torch.device) -> tuple[Te
 
 
 @triton.jit
-def head_columns(D: tl.constexpr, BLOCK_D: tl.constexpr, SWAPPED: tl.constexpr = False):
-    """The kernels' order of a head's D columns in a BLOCK_D-wide tile: each rotate-half half padded to
-    BLOCK_D / 2, so that RoPE's partner of tile column c is always c +- BLOCK_D / 2 (the identity order
-    when D is a power of two; products over the columns do not depend on their order). Returns each
-    tile column's index in the head `[BLOCK_D]` (with SWAPPED, its partner's) and whether it is one."""
-    c = tl.arange(0, BLOCK_D)
-    if SWAPPED:
-        c = tl.where(c < BLOCK_D // 2, c + BLOCK_D // 2, c - BLOCK_D // 2)
-    valid = c < D
-    if BLOCK_D != D:  # a power of two keeps the plain order, whose contiguity the compiler can prove
-        valid = c % (BLOCK_D // 2) < D // 2
-        c = (c // (BLOCK_D // 2)) * (D // 2) + c % (BLOCK_D // 2)
-    return c, valid
+def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    """The first WIDTH columns of rows `rows` of a `[B, N, H, D]` tensor at ptr as fp32 `[R, BLOCK]` (0
+    outside): WIDTH = D for whole rows, D / 2 for a RoPE half (the second one at ptr + D / 2)."""
+    c = tl.arange(0, BLOCK)
+    mask = ((rows >= 0) & (rows < N))[:, None] & (c < WIDTH)[None, :]
+    return tl.load(ptr + ((b * N + rows[:, None]) * H + h) * D + c[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def swap_halves(x):
-    """x `[R, BLOCK_D]` with its two column halves exchanged (register shuffles, exact)."""
-    R: tl.constexpr = x.shape[0]
-    BLOCK_D: tl.constexpr = x.shape[1]
-    first, second = tl.split(tl.permute(tl.reshape(x, (R, 2, BLOCK_D // 2)), (0, 2, 1)))
-    return tl.reshape(tl.permute(tl.join(second, first), (0, 2, 1)), (R, BLOCK_D))
+def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, WIDTH: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) as fp32 `[R, BLOCK]` (columns
+    as `rows_at`): two masked loads (each keeps its rows' contiguity)."""
+    return (rows_at(cache_ptr, b, p, h, S, H, D, WIDTH, BLOCK)
+            + rows_at(segment_ptr, b, p - S, h, T, H, D, WIDTH, BLOCK))
 
 
 @triton.jit
-def rope(x, x_swapped, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr):
-    """RoPE (INVERSE: its inverse) of fp32 rows x `[R, BLOCK_D]` (columns in `head_columns` order) at
-    positions p `[R]`, given x with its column halves swapped (loaded so, or by `swap_halves`); cos
-    and sin of each (position, frequency) come from the tables `[positions, D / 2]` of `rope_tables`.
-    Rows outside row_ok and padding columns become 0."""
-    BLOCK_D: tl.constexpr = x.shape[1]
-    c = tl.arange(0, BLOCK_D)
-    j = c % (BLOCK_D // 2)
-    sign = tl.where(c < BLOCK_D // 2, -1.0, 1.0)
-    if INVERSE:
-        sign = -sign
+def rope(x1, x2, p, row_ok, cos_ptr, sin_ptr, D: tl.constexpr, INVERSE: tl.constexpr):
+    """RoPE (INVERSE: its inverse, the rotation by minus the angles) of fp32 rows given as their halves
+    x1, x2 `[R, BLOCK_H]` (head columns 0..D/2-1 and D/2..D-1) at positions p `[R]`; cos and sin of
+    each (position, frequency) come from the tables `[positions, D / 2]` of `rope_tables`. Returns the
+    rotated halves; rows outside row_ok and padding columns become 0."""
+    j = tl.arange(0, x1.shape[1])
     table = p[:, None] * (D // 2) + j[None, :]
     mask = row_ok[:, None] & (j < D // 2)[None, :]
     cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
     sin = tl.load(sin_ptr + table, mask=mask, other=0.0)
-    return x * cos + sign[None, :] * x_swapped * sin
+    if INVERSE:
+        sin = -sin
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
 
 
 @triton.jit
-def rows_at(ptr, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr, SWAPPED: tl.constexpr = False):
-    """Rows `rows` of a `[B, N, H, D]` tensor as fp32 `[R, BLOCK_D]` (`head_columns` order, with SWAPPED
-    its column halves swapped; 0 outside)."""
-    cols, col_ok = head_columns(D, BLOCK_D, SWAPPED)
-    mask = ((rows >= 0) & (rows < N))[:, None] & col_ok[None, :]
-    return tl.load(ptr + ((b * N + rows[:, None]) * H + h) * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+def rotated_queries(q_ptr, b, t, h, S, T, H, cos_ptr, sin_ptr, D: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows t of q `[B, T, H, D]` rotated by RoPE at their positions S + t, as their two halves fp32
+    `[R, BLOCK_H]`."""
+    q1 = rows_at(q_ptr, b, t, h, T, H, D, D // 2, BLOCK_H)
+    q2 = rows_at(q_ptr + D // 2, b, t, h, T, H, D, D // 2, BLOCK_H)
+    return rope(q1, q2, S + t, t < T, cos_ptr, sin_ptr, D, False)
 
 
 @triton.jit
-def concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                SWAPPED: tl.constexpr = False):
-    """Rows p of cat([cache `[B, S, H, D]`, segment `[B, T, H, D]`], dim=1) as fp32 `[R, BLOCK_D]` (as
-    `rows_at`): two masked loads (each keeps its rows' contiguity)."""
-    return (rows_at(cache_ptr, b, p, h, S, H, D, BLOCK_D, SWAPPED)
-            + rows_at(segment_ptr, b, p - S, h, T, H, D, BLOCK_D, SWAPPED))
+def rotated_keys(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows p of cat([cache_k, k]) (as `concat_rows`) rotated by RoPE at positions p, as their two
+    halves fp32 `[R, BLOCK_H]`."""
+    k1 = concat_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, D, D // 2, BLOCK_H)
+    k2 = concat_rows(cache_k_ptr + D // 2, k_ptr + D // 2, b, p, h, S, T, H, D, D // 2, BLOCK_H)
+    return rope(k1, k2, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
 
 
 @triton.jit
-def rotated_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows p of cat([cache, segment]) (as `concat_rows`) rotated by RoPE at positions p (the swapped
-    halves are loaded again: cheaper than swapping registers inside the attention loops)."""
-    x = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, BLOCK_D)
-    x_swapped = concat_rows(cache_ptr, segment_ptr, b, p, h, S, T, H, D, BLOCK_D, True)
-    return rope(x, x_swapped, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
+def operand(x, DOT_DTYPE: tl.constexpr):
+    """x rounded as `dot` rounds its operands. A tile that two products take (one of them transposed),
+    rounded once before them, is stored to shared memory once for both; rounded by each product,
+    Triton recomputes it (loads and RoPE included) in the transposed layout."""
+    if DOT_DTYPE == "bf16" or DOT_DTYPE == "fp16":
+        x = x.to(tl.dtype(DOT_DTYPE))
+    return x
 
 
 @triton.jit
-def store_rows(ptr, x, b, rows, h, N, H, D: tl.constexpr, BLOCK_D: tl.constexpr, add_ptr=None):
-    """Store fp32 rows x `[R, BLOCK_D]` (`head_columns` order) at rows `rows` of a `[B, N, H, D]` tensor
-    (rows outside 0..N-1 skipped), plus the same rows of the fp32 tensor at `add_ptr` when given."""
-    cols, col_ok = head_columns(D, BLOCK_D)
-    offsets = ((b * N + rows[:, None]) * H + h) * D + cols[None, :]
-    mask = ((rows >= 0) & (rows < N))[:, None] & col_ok[None, :]
+def halves_dot(a1, a2, b1, b2, DOT_DTYPE: tl.constexpr):
+    """a @ b^T `[M, N]` of rows a `[M, D]`, b `[N, D]` given as their halves `[M, BLOCK_H]`, `[N, BLOCK_H]`."""
+    return dot(a1, tl.trans(b1), DOT_DTYPE) + dot(a2, tl.trans(b2), DOT_DTYPE)
+
+
+@triton.jit
+def store_rows(ptr, x, b, rows, h, N, H, D: tl.constexpr, WIDTH: tl.constexpr, add_ptr=None):
+    """Store fp32 rows x `[R, BLOCK]` as the first WIDTH columns (as `rows_at`) of rows `rows` of a
+    `[B, N, H, D]` tensor (rows outside 0..N-1 skipped), plus the same entries of the fp32 tensor at
+    `add_ptr` when given."""
+    c = tl.arange(0, x.shape[1])
+    offsets = ((b * N + rows[:, None]) * H + h) * D + c[None, :]
+    mask = ((rows >= 0) & (rows < N))[:, None] & (c < WIDTH)[None, :]
     if add_ptr is not None:
         x += tl.load(add_ptr + offsets, mask=mask, other=0.0)
     tl.store(ptr + offsets, x, mask=mask)
+
+
+@triton.jit
+def store_halves(ptr, x1, x2, b, rows, h, N, H, D: tl.constexpr, add_ptr=None):
+    """Store rows given as their fp32 halves x1, x2 `[R, BLOCK_H]` (as `store_rows`)."""
+    store_rows(ptr, x1, b, rows, h, N, H, D, D // 2, add_ptr)
+    store_rows(ptr + D // 2, x2, b, rows, h, N, H, D, D // 2, None if add_ptr is None else add_ptr + D // 2)
 
 
 @triton.jit
@@ -172,7 +181,7 @@ def _forward_kernel(
     q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, cos_ptr, sin_ptr,
     gate_ptr, o_fw_ptr, o_ptr, o_kv_ptr, lse_ptr,
     T, S, H, window, scale,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """Output and log-sum-exp of one query block. With HAS_GATE (Synchronous HQLT) the output is
@@ -184,7 +193,7 @@ def _forward_kernel(
     t = first + tl.arange(0, BLOCK_M)
     q_pos = S + t
     q_episode = tl.load(episode_ptr + b * T + t, mask=t < T, other=-2)
-    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
+    q1, q2 = rotated_queries(q_ptr, b, t, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -192,8 +201,8 @@ def _forward_kernel(
     hi = tl.minimum(S + first + BLOCK_M, P)
     for start in range(lo, hi, BLOCK_N):
         p = start + tl.arange(0, BLOCK_N)
-        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
-        scores = dot(qr, tl.trans(kr), DOT_DTYPE) * scale
+        k1, k2 = rotated_keys(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
+        scores = halves_dot(q1, q2, k1, k2, DOT_DTYPE) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
         scores = tl.where(allowed, scores, float("-inf"))
@@ -202,26 +211,27 @@ def _forward_kernel(
         probs = tl.exp(scores - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(probs, axis=1)
-        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
+        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, D, BLOCK_D)
         acc = acc * alpha[:, None] + dot(probs, value, DOT_DTYPE)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
     if HAS_GATE:
-        store_rows(o_kv_ptr, o, b, t, h, T, H, D, BLOCK_D)
-        gate = rows_at(gate_ptr, b, t, h, T, H, D, BLOCK_D)
-        o = gate * rows_at(o_fw_ptr, b, t, h, T, H, D, BLOCK_D) + (1.0 - gate) * o
-    store_rows(o_ptr, o, b, t, h, T, H, D, BLOCK_D)
+        store_rows(o_kv_ptr, o, b, t, h, T, H, D, D)
+        gate = rows_at(gate_ptr, b, t, h, T, H, D, D, BLOCK_D)
+        o = gate * rows_at(o_fw_ptr, b, t, h, T, H, D, D, BLOCK_D) + (1.0 - gate) * o
+    store_rows(o_ptr, o, b, t, h, T, H, D, D)
     tl.store(lse_ptr + pid * T + t, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(l_safe), mask=t < T)
 
 
 @triton.jit
 def attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D: tl.constexpr, BLOCK_D: tl.constexpr,
                        HAS_GATE: tl.constexpr):
-    """dO of the attention output at rows t (fp32): with HAS_GATE the output was mixed as (1 - gate) * o."""
-    do = rows_at(do_ptr, b, t, h, T, H, D, BLOCK_D)
+    """dO of the attention output at rows t (fp32 `[R, BLOCK_D]`): with HAS_GATE the output was mixed
+    as (1 - gate) * o."""
+    do = rows_at(do_ptr, b, t, h, T, H, D, D, BLOCK_D)
     if HAS_GATE:
-        do = do * (1.0 - rows_at(gate_ptr, b, t, h, T, H, D, BLOCK_D))
+        do = do * (1.0 - rows_at(gate_ptr, b, t, h, T, H, D, D, BLOCK_D))
     return do
 
 
@@ -230,7 +240,7 @@ def dq_kernel(
     q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, cache_valid_ptr, episode_ptr, cos_ptr, sin_ptr,
     o_ptr, lse_ptr, do_ptr, gate_ptr, dq_partial_ptr, dq_ptr, delta_ptr,
     T, S, H, window, scale,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """dq of one query block (plus the fast-weight part `dq_partial` with HAS_GATE); also writes
@@ -241,28 +251,30 @@ def dq_kernel(
     first = tl.program_id(0) * BLOCK_M
     t = first + tl.arange(0, BLOCK_M)
     q_pos = S + t
-    qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
+    q1, q2 = rotated_queries(q_ptr, b, t, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
     do = attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D, BLOCK_D, HAS_GATE)
-    delta = tl.sum(do * rows_at(o_ptr, b, t, h, T, H, D, BLOCK_D), axis=1)
+    delta = tl.sum(do * rows_at(o_ptr, b, t, h, T, H, D, D, BLOCK_D), axis=1)
     tl.store(delta_ptr + pid * T + t, delta, mask=t < T)
     lse = tl.load(lse_ptr + pid * T + t, mask=t < T, other=0.0)
     q_episode = tl.load(episode_ptr + b * T + t, mask=t < T, other=-2)
-    dqr = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq1 = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
     lo = tl.maximum(S + first - window + 1, 0)
     hi = tl.minimum(S + first + BLOCK_M, P)
     for start in range(lo, hi, BLOCK_N):
         p = start + tl.arange(0, BLOCK_N)
-        kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
-        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
-        scores = dot(qr, tl.trans(kr), DOT_DTYPE) * scale
+        k1, k2 = rotated_keys(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
+        k1, k2 = operand(k1, DOT_DTYPE), operand(k2, DOT_DTYPE)  # in scores and dq
+        value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, D, BLOCK_D)
+        scores = halves_dot(q1, q2, k1, k2, DOT_DTYPE) * scale
         allowed = attend_mask(q_pos[:, None], q_episode[:, None], p[None, :],
                               key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)[None, :], window)
         probs = tl.where(allowed, tl.exp(scores - lse[:, None]), 0.0)
-        dprobs = dot(do, tl.trans(value), DOT_DTYPE)
-        dqr += dot(probs * (dprobs - delta[:, None]), kr, DOT_DTYPE)
-    dq = dqr * scale
-    dq = rope(dq, swap_halves(dq), q_pos, t < T, cos_ptr, sin_ptr, D, True)
-    store_rows(dq_ptr, dq, b, t, h, T, H, D, BLOCK_D, dq_partial_ptr if HAS_GATE else None)
+        dscores = probs * (dot(do, tl.trans(value), DOT_DTYPE) - delta[:, None])
+        dq1 += dot(dscores, k1, DOT_DTYPE)
+        dq2 += dot(dscores, k2, DOT_DTYPE)
+    dq1, dq2 = rope(dq1 * scale, dq2 * scale, q_pos, t < T, cos_ptr, sin_ptr, D, True)
+    store_halves(dq_ptr, dq1, dq2, b, t, h, T, H, D, dq_partial_ptr if HAS_GATE else None)
 
 
 @triton.jit
@@ -271,7 +283,7 @@ def dkdv_kernel(
     lse_ptr, delta_ptr, do_ptr, gate_ptr, dk_partial_ptr, dv_partial_ptr,
     dk_ptr, dv_ptr, dcache_k_ptr, dcache_v_ptr,
     T, S, H, window, scale,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_GATE: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     """dk and dv of one block of concatenated key positions: cache rows to dcache_k, dcache_v, segment
@@ -281,33 +293,35 @@ def dkdv_kernel(
     P = S + T
     first = tl.program_id(0) * BLOCK_N
     p = first + tl.arange(0, BLOCK_N)
-    kr = rotated_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
-    value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, BLOCK_D)
+    k1, k2 = rotated_keys(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
+    value = concat_rows(cache_v_ptr, v_ptr, b, p, h, S, T, H, D, D, BLOCK_D)
     k_episode = key_episodes(cache_valid_ptr, episode_ptr, b, p, S, T)
-    dkr = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dk1 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    dk2 = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo = tl.maximum(first - S, 0)
     hi = tl.minimum(first + BLOCK_N - 1 + window - S, T)
     for start in range(lo, hi, BLOCK_M):
         t = start + tl.arange(0, BLOCK_M)
         q_pos = S + t
-        qr = rotated_rows(q_ptr, q_ptr, b, q_pos, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_D)
-        do = attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D, BLOCK_D, HAS_GATE)
+        q1, q2 = rotated_queries(q_ptr, b, t, h, S, T, H, cos_ptr, sin_ptr, D, BLOCK_H)
+        q1, q2 = operand(q1, DOT_DTYPE), operand(q2, DOT_DTYPE)  # q and dO: in two products each
+        do = operand(attention_gradient(do_ptr, gate_ptr, b, t, h, T, H, D, BLOCK_D, HAS_GATE), DOT_DTYPE)
         lse = tl.load(lse_ptr + pid * T + t, mask=t < T, other=0.0)
         delta = tl.load(delta_ptr + pid * T + t, mask=t < T, other=0.0)
         q_episode = tl.load(episode_ptr + b * T + t, mask=t < T, other=-2)
-        scores_t = dot(kr, tl.trans(qr), DOT_DTYPE) * scale  # [keys, queries]
+        scores_t = halves_dot(k1, k2, q1, q2, DOT_DTYPE) * scale  # [keys, queries]
         allowed = attend_mask(q_pos[None, :], q_episode[None, :], p[:, None], k_episode[:, None], window)
         probs_t = tl.where(allowed, tl.exp(scores_t - lse[None, :]), 0.0)
         dv += dot(probs_t, do, DOT_DTYPE)
-        dprobs_t = dot(value, tl.trans(do), DOT_DTYPE)
-        dkr += dot(probs_t * (dprobs_t - delta[None, :]), qr, DOT_DTYPE)
-    dk = dkr * scale
-    dk = rope(dk, swap_halves(dk), p, p < P, cos_ptr, sin_ptr, D, True)
-    store_rows(dcache_k_ptr, dk, b, p, h, S, H, D, BLOCK_D)
-    store_rows(dcache_v_ptr, dv, b, p, h, S, H, D, BLOCK_D)
-    store_rows(dk_ptr, dk, b, p - S, h, T, H, D, BLOCK_D, dk_partial_ptr if HAS_GATE else None)
-    store_rows(dv_ptr, dv, b, p - S, h, T, H, D, BLOCK_D, dv_partial_ptr if HAS_GATE else None)
+        dscores_t = probs_t * (dot(value, tl.trans(do), DOT_DTYPE) - delta[None, :])
+        dk1 += dot(dscores_t, q1, DOT_DTYPE)
+        dk2 += dot(dscores_t, q2, DOT_DTYPE)
+    dk1, dk2 = rope(dk1 * scale, dk2 * scale, p, p < P, cos_ptr, sin_ptr, D, True)
+    store_halves(dcache_k_ptr, dk1, dk2, b, p, h, S, H, D)
+    store_rows(dcache_v_ptr, dv, b, p, h, S, H, D, D)
+    store_halves(dk_ptr, dk1, dk2, b, p - S, h, T, H, D, dk_partial_ptr if HAS_GATE else None)
+    store_rows(dv_ptr, dv, b, p - S, h, T, H, D, D, dv_partial_ptr if HAS_GATE else None)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -347,7 +361,8 @@ def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = Non
     _forward_kernel[(ceil_div(steps, config.block), batch * heads)](
         *launch_arguments(inputs), o if gate is None else gate, o if o_fw is None else o_fw, o, o_kv, lse,
         steps, inputs.cache_k.shape[1], heads, window, scale,
-        D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=gate is not None,
+        D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim),
+        BLOCK_H=block_size(dim // 2), HAS_GATE=gate is not None,
         DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, o_kv, lse
@@ -364,7 +379,8 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     config = window_config(dim)
     has_gate = gate is not None
     dq_partial, dk_partial, dv_partial = partial if has_gate else (do, do, do)
-    common = dict(D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim), HAS_GATE=has_gate,
+    common = dict(D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim),
+                  BLOCK_H=block_size(dim // 2), HAS_GATE=has_gate,
                   DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages)
     gate_arg = gate if has_gate else do
     dq, dk, dv = torch.empty_like(q), torch.empty_like(inputs.k), torch.empty_like(inputs.v)
