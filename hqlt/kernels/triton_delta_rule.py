@@ -106,6 +106,16 @@ def check_inputs(op: str, dtype: torch.dtype, head_dims: tuple[int, ...], chunk_
 
 
 @triton.jit
+def operand(x, DOT_DTYPE: tl.constexpr):
+    """x rounded as `dot` rounds its operands for `DOT_DTYPE` ("bf16", "fp16"; unchanged otherwise). A
+    tile that two products take (one of them transposed), rounded once before them, is stored to
+    shared memory once for both; rounded by each product, Triton recomputes it in the other layout."""
+    if DOT_DTYPE == "bf16" or DOT_DTYPE == "fp16":
+        x = x.to(tl.dtype(DOT_DTYPE))
+    return x
+
+
+@triton.jit
 def dot(a, b, DOT_DTYPE: tl.constexpr, FP32_OPERANDS: tl.constexpr = False):
     """a `[M, K]` @ b `[K, N]` accumulated in fp32, by `DOT_DTYPE` (see `dot_dtype`): "fp32" (fp32
     inputs) three-pass tf32, about fp32 accuracy; "tf32" fp32 operands at tf32; "bf16" or "fp16" both
@@ -117,7 +127,7 @@ def dot(a, b, DOT_DTYPE: tl.constexpr, FP32_OPERANDS: tl.constexpr = False):
     elif FP32_OPERANDS or DOT_DTYPE == "tf32":
         return tl.dot(a, b, input_precision="tf32")
     else:
-        return tl.dot(a.to(tl.dtype(DOT_DTYPE)), b.to(tl.dtype(DOT_DTYPE)))
+        return tl.dot(operand(a, DOT_DTYPE), operand(b, DOT_DTYPE))
 
 
 @triton.jit

@@ -29,7 +29,7 @@ import triton.language as tl
 from torch import Tensor
 
 from hqlt.kernels import reference
-from hqlt.kernels.triton_delta_rule import block_size, ceil_div, check_inputs, dot, dot_dtype
+from hqlt.kernels.triton_delta_rule import block_size, ceil_div, check_inputs, dot, dot_dtype, operand
 
 # Most query/key rows x padded head dim per tile (at head dim 128, [64, 128] tiles with their
 # pipelined copies do not fit an H100's 227 KB of shared memory).
@@ -38,9 +38,12 @@ MAX_WINDOW_TILE = 64 * 64
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """How the window-attention kernels launch: rows per query block and per key block, pipelining."""
+    """How the window-attention kernels launch: the rows each program owns (queries in the forward
+    and dq kernels, keys in the dk/dv kernel), the rows each step of its loop walks (the other
+    side), pipelining and warps."""
 
     block: int
+    step: int
     num_stages: int = 1
     num_warps: int = 4
 
@@ -51,7 +54,8 @@ def window_config(head_dim: int) -> WindowConfig:
     block walks two or three key blocks; on an H200 this was the fastest fused HQLT op of 8 launch
     configurations at 256 x 128 with d=64 and d=32). `tests/test_triton_resources.py` compiles every
     resulting launch for sm_90 and checks its shared memory."""
-    return WindowConfig(block=min(64, MAX_WINDOW_TILE // block_size(head_dim)))
+    block = min(64, MAX_WINDOW_TILE // block_size(head_dim))
+    return WindowConfig(block=block, step=block)
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,16 +126,6 @@ def rotated_keys(cache_k_ptr, k_ptr, b, p, h, S, T, H, cos_ptr, sin_ptr, D: tl.c
     k1 = concat_rows(cache_k_ptr, k_ptr, b, p, h, S, T, H, D, D // 2, BLOCK_H)
     k2 = concat_rows(cache_k_ptr + D // 2, k_ptr + D // 2, b, p, h, S, T, H, D, D // 2, BLOCK_H)
     return rope(k1, k2, p, (p >= 0) & (p < S + T), cos_ptr, sin_ptr, D, False)
-
-
-@triton.jit
-def operand(x, DOT_DTYPE: tl.constexpr):
-    """x rounded as `dot` rounds its operands. A tile that two products take (one of them transposed),
-    rounded once before them, is stored to shared memory once for both; rounded by each product,
-    Triton recomputes it (loads and RoPE included) in the transposed layout."""
-    if DOT_DTYPE == "bf16" or DOT_DTYPE == "fp16":
-        x = x.to(tl.dtype(DOT_DTYPE))
-    return x
 
 
 @triton.jit
@@ -361,7 +355,7 @@ def forward(inputs: Inputs, window: int, scale: float, gate: Tensor | None = Non
     _forward_kernel[(ceil_div(steps, config.block), batch * heads)](
         *launch_arguments(inputs), o if gate is None else gate, o if o_fw is None else o_fw, o, o_kv, lse,
         steps, inputs.cache_k.shape[1], heads, window, scale,
-        D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim),
+        D=dim, BLOCK_M=config.block, BLOCK_N=config.step, BLOCK_D=block_size(dim),
         BLOCK_H=block_size(dim // 2), HAS_GATE=gate is not None,
         DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -379,8 +373,7 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     config = window_config(dim)
     has_gate = gate is not None
     dq_partial, dk_partial, dv_partial = partial if has_gate else (do, do, do)
-    common = dict(D=dim, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=block_size(dim),
-                  BLOCK_H=block_size(dim // 2), HAS_GATE=has_gate,
+    common = dict(D=dim, BLOCK_D=block_size(dim), BLOCK_H=block_size(dim // 2), HAS_GATE=has_gate,
                   DOT_DTYPE=dot_dtype(q.dtype, True), num_warps=config.num_warps, num_stages=config.num_stages)
     gate_arg = gate if has_gate else do
     dq, dk, dv = torch.empty_like(q), torch.empty_like(inputs.k), torch.empty_like(inputs.v)
@@ -389,11 +382,11 @@ def backward(inputs: Inputs, o: Tensor, lse: Tensor, do: Tensor, window: int, sc
     leading = launch_arguments(inputs)
     dq_kernel[(ceil_div(steps, config.block), batch * heads)](
         *leading, o, lse, do, gate_arg, dq_partial, dq, delta,
-        steps, cached, heads, window, scale, **common,
+        steps, cached, heads, window, scale, BLOCK_M=config.block, BLOCK_N=config.step, **common,
     )
     dkdv_kernel[(ceil_div(cached + steps, config.block), batch * heads)](
         *leading, lse, delta, do, gate_arg, dk_partial, dv_partial, dk, dv, dcache_k, dcache_v,
-        steps, cached, heads, window, scale, **common,
+        steps, cached, heads, window, scale, BLOCK_M=config.step, BLOCK_N=config.block, **common,
     )
     return dq, dk, dv, dcache_k, dcache_v
 
