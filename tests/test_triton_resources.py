@@ -54,7 +54,7 @@ def test_the_check_sees_a_launch_that_does_not_fit():
 from unittest import mock
 import torch
 from hqlt.kernels import triton_resources, triton_window_attention as window
-with mock.patch.object(window, "window_config", lambda head_dim: window.WindowConfig(block=64, num_stages=3)):
+with mock.patch.object(window, "window_config", lambda head_dim: window.WindowConfig(block=64, step=64, num_stages=3)):
     case = triton_resources.Case("window_attention", 128, torch.float32, backward=False, window=32)
     [launch] = [launch for launch in triton_resources.dispatch_launches([case])
                 if launch.name == "triton_window_attention._forward_kernel"]
