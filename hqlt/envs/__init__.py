@@ -2,9 +2,11 @@
 
     env = hqlt.envs.make(env_id, **kwargs)                               # one env
     venv = hqlt.envs.make_vector(env_id, num_envs, seed, asynchronous=False, **kwargs)  # SAME_STEP autoreset
+    benv = hqlt.envs.make_batched(env_id, num_envs, device="cuda", seed=0, **kwargs)  # tensors, ids in BATCHED_IDS
     spec = hqlt.envs.describe_space(venv.single_observation_space)      # kind discrete/box/image/grid
 """
 
+from hqlt.envs.batched import BATCHED_IDS, BatchedEnv, has_batched_port, make_batched
 from hqlt.envs.registry import ENV_IDS, FAMILIES, make, make_vector
 from hqlt.envs.spaces import KINDS, SpaceSpec, describe_space
 from hqlt.envs.wrappers import (
@@ -20,6 +22,8 @@ from hqlt.envs.wrappers import (
 )
 
 __all__ = [
+    "BATCHED_IDS",
+    "BatchedEnv",
     "ENV_IDS",
     "FAMILIES",
     "KINDS",
@@ -34,6 +38,8 @@ __all__ = [
     "PreviousActionReward",
     "SpaceSpec",
     "describe_space",
+    "has_batched_port",
     "make",
+    "make_batched",
     "make_vector",
 ]
