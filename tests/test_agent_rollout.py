@@ -14,7 +14,7 @@ from gymnasium.vector import VectorWrapper
 from hqlt.agents import Collector, Policy, replay, training_sequences
 from hqlt.agents.rollout import Rollout, packed_copy
 from hqlt.configs import compose, group_options
-from hqlt.envs import make_vector
+from hqlt.envs import make_batched, make_vector
 from hqlt.memory import build_core
 
 NUM_ENVS, ROLLOUT_LENGTH = 4, 48
@@ -138,3 +138,47 @@ def test_packed_copy_moves_arrays_of_every_dtype_in_one_buffer(device):
         assert tensor.dtype == torch.from_numpy(array).dtype and tuple(tensor.shape) == array.shape
         np.testing.assert_array_equal(tensor.cpu().numpy(), array)
     assert len({tensor.untyped_storage().data_ptr() for tensor in moved}) == 1, "one buffer for all arrays"
+
+
+def collect_batched(memory: str, capture: bool = False, seed: int = 0):
+    """Two rollouts from a batched Active T-Maze whose time limit truncates the episodes that do not turn
+    within 4 steps (the earliest turn is at step 3, the task's own horizon at step 5)."""
+    torch.manual_seed(seed)
+    memory_cfg = compose([f"memory={memory}"]).memory
+    core = build_core(memory_cfg.core, input_dim=16, hidden_dim=32, **memory_cfg.options)
+    envs = make_batched("hqlt/TMazeActive-v0", NUM_ENVS, seed=seed, corridor_length=2, max_episode_steps=4)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, core, head_dim=16)
+    collector = Collector(policy, envs, torch.device("cpu"), ROLLOUT_LENGTH, ROLLOUT_LENGTH // 2, capture=capture)
+    collector.restart(seed)
+    collector.collect()
+    rollout, episodes = collector.collect()
+    return policy, collector, rollout, episodes
+
+
+@pytest.mark.parametrize("memory", ["lstm", "hqlt"])
+def test_batched_rollouts_replay_and_bootstrap_like_host_rollouts(memory):
+    policy, collector, rollout, episodes = collect_batched(memory)
+    assert rollout.obs.device.type == "cpu" and rollout.obs.dtype == torch.float32
+    assert rollout.terminated.any() and (rollout.truncated & ~rollout.terminated).any()
+    torch.testing.assert_close(rollout.resets[:, 1:], (rollout.terminated | rollout.truncated)[:, :-1])
+    zeros = torch.zeros_like(rollout.values)
+    with torch.no_grad():
+        log_probs, _, values = replay(policy, training_sequences(rollout, zeros, zeros))
+    torch.testing.assert_close(log_probs.reshape(rollout.log_probs.shape), rollout.log_probs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values.reshape(rollout.values.shape), rollout.values, rtol=1e-4, atol=1e-5)
+    bootstrapped = rollout.truncated & ~rollout.terminated
+    assert (rollout.final_values[~bootstrapped] == 0).all() and (rollout.final_values[bootstrapped] != 0).all()
+    ended = int((rollout.terminated | rollout.truncated).sum())
+    assert len(episodes.returns) == ended and all(length <= 4 for length in episodes.lengths)
+
+
+@pytest.mark.parametrize("memory", ["gru", "hqlt"])
+def test_batched_capture_protocol_collects_the_same_rollout(memory):
+    _, _, reference, reference_episodes = collect_batched(memory)
+    _, collector, rollout, episodes = collect_batched(memory, capture=True)
+    for field in fields(Rollout):
+        if field.name != "states":
+            torch.testing.assert_close(getattr(rollout, field.name), getattr(reference, field.name), msg=field.name)
+    for name in reference.states:
+        torch.testing.assert_close(rollout.states[name], reference.states[name], msg=f"states[{name!r}]")
+    assert episodes == reference_episodes

@@ -4,6 +4,11 @@ The collector carries per env, across rollouts: the current observation, the mem
 previous action and reward, and `resets` (true when the current observation starts an episode).
 With SAME_STEP autoreset `resets[t] = terminated[t-1] | truncated[t-1]`, and the core clears the
 state of those rows itself, so no dummy transitions enter the buffer.
+
+Two kinds of envs: gymnasium vector envs on the host (observations cross to the device each step,
+actions come back), and batched envs (`hqlt.envs.BatchedEnv`) whose tensors already live on the
+training device, so that nothing crosses during a rollout and, on CUDA, one graph holds the policy
+step and the env step together.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 from hqlt.agents.policy import Policy
+from hqlt.envs import BatchedEnv
 from hqlt.kernels.cuda_graph import CapturedStep
 from hqlt.memory import State
 
@@ -100,9 +108,10 @@ STEP_FIELDS = (*CARRY_FIELDS, *TRANSITION_FIELDS, "final_values")
 
 @dataclass
 class Transition:
-    """What one step of N envs returned: actions `[N, *action_shape]`, log_probs/values/rewards `[N]`,
-    terminated/truncated bool `[N]`, the vector env's info dict, and on the host the envs whose value
-    bootstraps from info["final_obs"] (truncated, not terminated; numpy bool `[N]`)."""
+    """What one step of N envs returned, on the training device: actions `[N, *action_shape]`,
+    log_probs/values/rewards `[N]`, terminated/truncated bool `[N]`, final_values `[N]` (the value of
+    info["final_obs"] where an episode was truncated and not terminated, 0 elsewhere) and the episode
+    statistics of the env's info (`{"episode": {...}, "_episode": mask}`, numpy or tensors)."""
 
     actions: Tensor
     log_probs: Tensor
@@ -110,8 +119,8 @@ class Transition:
     rewards: Tensor
     terminated: Tensor
     truncated: Tensor
-    info: dict
-    bootstrapped: np.ndarray
+    final_values: Tensor
+    episodes: dict
 
 
 @dataclass
@@ -123,13 +132,27 @@ class EpisodeStats:
     successes: list[float]
 
     def extend(self, info: dict) -> None:
-        """Adds the episodes marked in info["_episode"] (hqlt.envs' EpisodeStats convention)."""
+        """Adds the episodes marked in info["_episode"] (hqlt.envs' EpisodeStats convention), from
+        numpy arrays or tensors of any shape."""
         if "episode" not in info:
             return
-        done = info["_episode"]
-        self.returns += info["episode"]["return"][done].tolist()
-        self.lengths += info["episode"]["length"][done].tolist()
-        self.successes += info["episode"]["success"][done].tolist()
+        done = _host(info["_episode"])
+        self.returns += _host(info["episode"]["return"])[done].tolist()
+        self.lengths += _host(info["episode"]["length"])[done].tolist()
+        self.successes += _host(info["episode"]["success"])[done].tolist()
+
+
+def _host(values: np.ndarray | Tensor) -> np.ndarray:
+    return values.cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+
+
+def env_actions(policy: Policy, actions: Tensor) -> Tensor:
+    """Policy actions `[N, *action_shape]` -> what a batched env's step takes (int64 `[N]`: every
+    batched port has a Discrete action space)."""
+    space = policy.action_head.space
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ValueError(f"batched envs take Discrete actions; this policy's action space is {space}")
+    return actions[:, 0] + int(space.start)
 
 
 def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
@@ -165,20 +188,23 @@ class Collector:
     """Collects rollouts of `rollout_length` steps from `envs` with `policy`, on `device`.
 
     `sequence_length` decides where the core state is stored for training (every L steps).
-    Observations, rewards and flags cross from host to device in one copy per step for all envs,
-    and actions once back; the episode flags are read on the host, so a step never waits on the device.
+    With a gymnasium vector env, observations, rewards and flags cross from host to device in one
+    copy per step for all envs, and actions once back; the episode flags are read on the host, so a
+    step never waits on the device. A batched env (`BatchedEnv` on `device`) keeps everything on the
+    device: episode statistics are read back once per rollout.
 
-    `capture` (default: on CUDA) runs `Policy.act` through a `CapturedStep`, one per `greedy` value: a
-    CUDA graph on CUDA, the same protocol run eagerly elsewhere. The policy then steps the memory state
-    in place in the step's buffers, which stay the carried state; only what outlives a step is copied
-    (its actions, log-probs and values, and the states stored at sequence starts). Without `capture`
-    each step returns a new state. A captured step reads the policy's parameters where they lie: update
-    them in place (as optimisers and `load_state_dict` do), never replace them.
+    `capture` (default: on CUDA) runs each step through a `CapturedStep`, one per `greedy` value: a
+    CUDA graph on CUDA, the same protocol run eagerly elsewhere. It holds `Policy.act` and, with a
+    batched env, the env step and the truncation bootstrap too. The policy then steps the memory
+    state in place in the step's buffers, which stay the carried state; only what outlives a step is
+    copied (its actions, log-probs and values, and the states stored at sequence starts). Without
+    `capture` each step returns a new state. A captured step reads the policy's parameters where they
+    lie: update them in place (as optimisers and `load_state_dict` do), never replace them.
     """
 
     def __init__(
-        self, policy: Policy, envs: VectorEnv, device: torch.device, rollout_length: int, sequence_length: int,
-        capture: bool | None = None,
+        self, policy: Policy, envs: VectorEnv | BatchedEnv, device: torch.device, rollout_length: int,
+        sequence_length: int, capture: bool | None = None,
     ) -> None:
         self.policy = policy
         self.envs = envs
@@ -186,6 +212,9 @@ class Collector:
         self.rollout_length = rollout_length
         self.sequence_length = sequence_length
         self.num_envs = envs.num_envs
+        self.batched = isinstance(envs, BatchedEnv)
+        if self.batched and envs.device.type != device.type:
+            raise ValueError(f"the batched env lives on {envs.device}, the collector on {device}: make it on {device}")
         self.capture = device.type == "cuda" if capture is None else capture
         self._captured_steps: dict[bool, CapturedStep] = {}
 
@@ -193,7 +222,7 @@ class Collector:
         """Starts fresh episodes in every env (seeded) and a fresh carry."""
         obs, _ = self.envs.reset(seed=seed)
         head = self.policy.action_head
-        (self.obs,) = to_device([obs], self.device)
+        self.obs = obs if self.batched else to_device([obs], self.device)[0]
         self.resets = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self.prev_action = torch.zeros(self.num_envs, *head.action_shape, dtype=head.action_dtype, device=self.device)
         self.prev_reward = torch.zeros(self.num_envs, device=self.device)
@@ -201,14 +230,25 @@ class Collector:
 
     def step(self, greedy: bool = False) -> Transition:
         """One env step for all envs from the carry; advances the carry."""
+        transition = self._batched_step(greedy) if self.batched else self._host_step(greedy)
+        self.prev_action, self.prev_reward = transition.actions, transition.rewards
+        self.resets = transition.terminated | transition.truncated
+        return transition
+
+    # ------------------------------------------------------------------ gymnasium vector envs
+
+    def _host_step(self, greedy: bool) -> Transition:
         actions, log_probs, values, self.state = self._act(greedy)
         obs, rewards, terminated, truncated, info = self.envs.step(self.policy.action_head.to_env(actions.cpu().numpy()))
         bootstrapped = truncated & ~terminated
-        self.obs, rewards, terminated, truncated, self.resets = to_device(
-            [obs, rewards.astype(np.float32), terminated, truncated, terminated | truncated], self.device
+        self.obs, rewards, terminated, truncated = to_device(
+            [obs, rewards.astype(np.float32), terminated, truncated], self.device
         )
-        self.prev_action, self.prev_reward = actions, rewards
-        return Transition(actions, log_probs, values, rewards, terminated, truncated, info, bootstrapped)
+        if bootstrapped.any():
+            final_values = self._final_values(info, bootstrapped, actions, rewards)
+        else:
+            final_values = torch.zeros(self.num_envs, device=self.device)
+        return Transition(actions, log_probs, values, rewards, terminated, truncated, final_values, info)
 
     def _act(self, greedy: bool) -> tuple[Tensor, Tensor, Tensor, State]:
         """`Policy.act` on the carry: actions, log-probs, values (tensors of their own) and the next state."""
@@ -221,47 +261,90 @@ class Collector:
         actions, log_probs, values, state = self._captured_steps[greedy](*carry)
         return actions.clone(), log_probs.clone(), values.clone(), state
 
-    def collect(self) -> tuple[Rollout, EpisodeStats]:
-        """Steps every env `rollout_length` times; returns the rollout and the episodes that ended.
-
-        Each step's tensors are kept in lists and stacked once at the end: one copy per field instead
-        of an indexed write per field and step.
-        """
-        steps: dict[str, list[Tensor]] = {name: [] for name in STEP_FIELDS}
-        states: list[State] = []
-        no_final_values = torch.zeros(self.num_envs, device=self.device)
-        episodes = EpisodeStats([], [], [])
-        for t in range(self.rollout_length):
-            if t % self.sequence_length == 0:
-                states.append({name: value.clone() for name, value in self.state.items()})
-            for name, value in zip(CARRY_FIELDS, (self.obs, self.prev_action, self.prev_reward, self.resets)):
-                steps[name].append(value)
-
-            step = self.step()
-            for name in TRANSITION_FIELDS:
-                steps[name].append(getattr(step, name))
-            final_values = self._final_values(step.info, step.bootstrapped) if step.bootstrapped.any() else no_final_values
-            steps["final_values"].append(final_values)
-            episodes.extend(step.info)
-        next_values = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
-        rollout = Rollout(
-            **{name: torch.stack(values, dim=1) for name, values in steps.items()},
-            next_values=next_values,
-            states={name: torch.stack([state[name] for state in states], dim=1) for name in self.state},
-        )
-        return rollout, episodes
-
-    def _final_values(self, info: dict, rows: np.ndarray) -> Tensor:
+    def _final_values(self, info: dict, rows: np.ndarray, actions: Tensor, rewards: Tensor) -> Tensor:
         """Values `[N]` of info["final_obs"] for the envs in `rows` (numpy bool `[N]`), 0 elsewhere.
 
-        Called right after `step`, so the carry holds each env's state after its last step, and that
-        step's action and reward: the policy runs one step on the final observation with them. The
-        carried state is only read.
+        The carry holds each env's state after its last step: the policy runs one step on the final
+        observation with that step's action and reward. The carried state is only read.
         """
         index = np.flatnonzero(rows)
         final_obs, index = to_device([np.stack(info["final_obs"][index]), index], self.device)
         state = {name: value[index] for name, value in self.state.items()}
         no_reset = torch.zeros(len(index), dtype=torch.bool, device=self.device)
         values = torch.zeros(self.num_envs, device=self.device)
-        values[index] = self.policy.value(final_obs, self.prev_action[index], self.prev_reward[index], state, no_reset)
+        values[index] = self.policy.value(final_obs, actions[index], rewards[index], state, no_reset)
         return values
+
+    # ------------------------------------------------------------------ batched envs
+
+    def _batched_step(self, greedy: bool) -> Transition:
+        carry = (self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        if not self.capture:
+            outputs = self._policy_and_env_step(*carry, greedy=greedy, in_place=False)
+        else:
+            if greedy not in self._captured_steps:
+                step = functools.partial(self._policy_and_env_step, greedy=greedy, in_place=True)
+                # The graph's warm-up steps run the env: put its episodes back as they were.
+                before = self.envs.snapshot()
+                self._captured_steps[greedy] = CapturedStep(step, *carry, graph=self.device.type == "cuda")
+                self.envs.restore(before)
+            actions, log_probs, values, state, *rest = self._captured_steps[greedy](*carry)
+            # The state stays in the step's buffers; everything else outlives the step.
+            outputs = (*pytree.tree_map(torch.clone, (actions, log_probs, values)), state, *pytree.tree_map(torch.clone, rest))
+        actions, log_probs, values, self.state, self.obs, rewards, terminated, truncated, final_values, episodes = outputs
+        return Transition(actions, log_probs, values, rewards, terminated, truncated, final_values, episodes)
+
+    def _policy_and_env_step(
+        self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor, greedy: bool,
+        in_place: bool,
+    ) -> tuple:
+        """`Policy.act`, the batched env's step and the truncation bootstrap, all on the device with no
+        host synchronisation (what one CUDA graph captures). Shapes as in `Policy.act`."""
+        actions, log_probs, values, state = self.policy.act(
+            obs, prev_action, prev_reward, state, resets, greedy=greedy, in_place=in_place
+        )
+        with torch.no_grad():
+            next_obs, rewards, terminated, truncated, info = self.envs.step(env_actions(self.policy, actions))
+        if self.envs.max_episode_steps is None:  # the env never truncates: nothing to bootstrap
+            final_values = torch.zeros_like(values)
+        else:
+            no_reset = torch.zeros_like(resets)
+            final_values = self.policy.value(info["final_obs"], actions, rewards, state, no_reset)
+            final_values = torch.where(truncated & ~terminated, final_values, 0.0)
+        episodes = {"episode": info["episode"], "_episode": info["_episode"]}
+        return actions, log_probs, values, state, next_obs, rewards, terminated, truncated, final_values, episodes
+
+    # ------------------------------------------------------------------ rollouts
+
+    def collect(self) -> tuple[Rollout, EpisodeStats]:
+        """Steps every env `rollout_length` times; returns the rollout and the episodes that ended.
+
+        Each step's tensors are kept in lists and stacked once at the end: one copy per field instead
+        of an indexed write per field and step. Episode statistics of batched envs are stacked too and
+        read back in one copy.
+        """
+        steps: dict[str, list[Tensor]] = {name: [] for name in STEP_FIELDS}
+        states: list[State] = []
+        episode_infos: list[dict] = []
+        for t in range(self.rollout_length):
+            if t % self.sequence_length == 0:
+                states.append({name: value.clone() for name, value in self.state.items()})
+            for name, value in zip(CARRY_FIELDS, (self.obs, self.prev_action, self.prev_reward, self.resets)):
+                steps[name].append(value)
+            step = self.step()
+            for name in TRANSITION_FIELDS:
+                steps[name].append(getattr(step, name))
+            steps["final_values"].append(step.final_values)
+            episode_infos.append(step.episodes)
+        next_values = self.policy.value(self.obs, self.prev_action, self.prev_reward, self.state, self.resets)
+        rollout = Rollout(
+            **{name: torch.stack(values, dim=1) for name, values in steps.items()},
+            next_values=next_values,
+            states={name: torch.stack([state[name] for state in states], dim=1) for name in self.state},
+        )
+        episodes = EpisodeStats([], [], [])
+        if self.batched:
+            episode_infos = [pytree.tree_map(lambda *per_step: torch.stack(per_step), *episode_infos)]
+        for info in episode_infos:
+            episodes.extend(info)
+        return rollout, episodes

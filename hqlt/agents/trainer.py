@@ -32,7 +32,7 @@ from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
 from hqlt.configs.schema import ConfigError, TrainConfig, validate
-from hqlt.envs import make_vector
+from hqlt.envs import make_envs
 from hqlt.memory import build_core
 
 # Evaluation envs draw their episodes from seeds far from the training envs'.
@@ -95,7 +95,7 @@ def evaluate(collector: Collector, episodes: int, greedy: bool, seed: int) -> di
     with torch.random.fork_rng(devices=[collector.device] if collector.device.type == "cuda" else []):
         collector.restart(seed)
         while len(stats.returns) < episodes:
-            stats.extend(collector.step(greedy).info)
+            stats.extend(collector.step(greedy).episodes)
     return summarize(stats)
 
 
@@ -144,8 +144,9 @@ class Trainer:
         seed_everything(cfg.seed)
         env_kwargs = dict(cfg.env.kwargs)
         try:
-            self.envs = make_vector(cfg.env.id, agent.num_envs, cfg.seed, asynchronous=cfg.async_envs, **env_kwargs)
-            eval_envs = make_vector(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **env_kwargs)
+            vectorization = dict(device=self.device, vectorization=cfg.env.vectorization, asynchronous=cfg.async_envs)
+            self.envs = make_envs(cfg.env.id, agent.num_envs, cfg.seed, **vectorization, **env_kwargs)
+            eval_envs = make_envs(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **vectorization, **env_kwargs)
             core = build_core(
                 cfg.memory.core, input_dim=agent.encoder_dim, hidden_dim=cfg.memory.hidden_dim, **cfg.memory.options
             )

@@ -23,11 +23,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    """An environment: `id` goes to `hqlt.envs.make_vector(id, **kwargs)`; `name` labels run directories."""
+    """An environment: `id` goes to `hqlt.envs.make_envs(id, **kwargs)`; `name` labels run directories."""
 
     name: str = MISSING
     id: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # auto | batched | gymnasium: the env's batched torch port on the training device (auto: where
+    # one exists, hqlt.envs.BATCHED_IDS) or gymnasium vector envs on the host.
+    vectorization: str = "auto"
 
 
 @dataclass
@@ -56,7 +59,12 @@ class PPOConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_coef: float = 0.2
-    clip_value_loss: bool = True
+    # Clip the value loss around the acting values (by clip_coef in normalised units): off, it slows the
+    # critic without a measured gain.
+    clip_value_loss: bool = False
+    # PopArt: the critic learns values normalised by running statistics of the returns, so the value
+    # loss's gradient does not grow with the reward scale and swamp the policy's in the shared core.
+    normalize_values: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
@@ -119,7 +127,7 @@ def register_schemas() -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raises ConfigError for values the schema's types cannot catch."""
-    from hqlt.envs import ENV_IDS
+    from hqlt.envs import BATCHED_IDS, ENV_IDS, VECTORIZATIONS, has_batched_port
     from hqlt.memory import CORE_NAMES, core_options
 
     if cfg.memory.core not in CORE_NAMES:
@@ -132,6 +140,16 @@ def validate(cfg: TrainConfig) -> None:
         close = difflib.get_close_matches(cfg.env.id, ENV_IDS, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ConfigError(f"unknown env id {cfg.env.id!r} (env.id); {hint}valid ids: {', '.join(ENV_IDS)}")
+    if cfg.env.vectorization not in VECTORIZATIONS:
+        raise ConfigError(
+            f"unknown env.vectorization {cfg.env.vectorization!r}; valid choices: {', '.join(VECTORIZATIONS)}"
+        )
+    if cfg.env.vectorization == "batched" and not has_batched_port(cfg.env.id):
+        raise ConfigError(
+            f"env.vectorization=batched but {cfg.env.id!r} has no batched port; ids with one: {', '.join(BATCHED_IDS)}"
+        )
+    if cfg.env.vectorization == "batched" and cfg.async_envs:
+        raise ConfigError("async_envs=true runs gymnasium envs in subprocesses; it needs env.vectorization=gymnasium or auto")
     if cfg.device not in DEVICES:
         raise ConfigError(f"unknown device {cfg.device!r}; valid choices: {', '.join(DEVICES)}")
     agent = cfg.agent

@@ -182,3 +182,37 @@ def make_vector(
     if seed is not None:
         venv.action_space.seed(seed)
     return venv
+
+
+# How `make_envs` steps N envs: `batched` = the torch port on the training device (hqlt.envs.batched),
+# `gymnasium` = `make_vector` on the host, `auto` = batched where a port exists and the envs are not
+# asked to run in subprocesses.
+VECTORIZATIONS = ("auto", "batched", "gymnasium")
+
+
+def make_envs(
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    *,
+    device: Any = "cpu",
+    vectorization: str = "auto",
+    asynchronous: bool = False,
+    **kwargs: Any,
+) -> VectorEnv | Any:
+    """`num_envs` envs of `env_id` for training: a BatchedEnv on `device` or a gymnasium vector env.
+
+    vectorization: one of VECTORIZATIONS. asynchronous: subprocess envs (gymnasium only).
+    """
+    from hqlt.envs.batched import BATCHED_IDS, has_batched_port, make_batched
+
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"unknown vectorization {vectorization!r}; valid choices: {', '.join(VECTORIZATIONS)}")
+    if vectorization == "batched" and asynchronous:
+        raise ValueError("asynchronous (subprocess) envs are gymnasium vector envs; batched envs run on the device")
+    if vectorization == "batched" and not has_batched_port(env_id):
+        raise ValueError(f"{env_id!r} has no batched port (ids with one: {', '.join(BATCHED_IDS)}); "
+                         "use vectorization auto or gymnasium")
+    if vectorization == "batched" or (vectorization == "auto" and has_batched_port(env_id) and not asynchronous):
+        return make_batched(env_id, num_envs, device=device, seed=seed, **kwargs)
+    return make_vector(env_id, num_envs, seed, asynchronous=asynchronous, **kwargs)

@@ -111,7 +111,8 @@ class BatchedEnv:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        self.seed = int(seed)
+        # On the device, so that a CUDA graph captured over `step` reads the seed of the latest reset.
+        self.seed = torch.tensor(int(seed), dtype=torch.int64, device=self.device)
         self.max_episode_steps = max_episode_steps
         self.episode_source: Any = None
         self.rows = torch.arange(num_envs, device=self.device)
@@ -172,7 +173,7 @@ class BatchedEnv:
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
         if seed is not None:
-            self.seed = int(seed)
+            self.seed.fill_(int(seed))
         self.episode.zero_()
         self.elapsed.zero_()
         self.episode_return.zero_()
@@ -186,7 +187,7 @@ class BatchedEnv:
         if self.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
-            truncated = ~terminated & (self.elapsed >= self.max_episode_steps)
+            truncated = self.elapsed >= self.max_episode_steps  # also when terminated, as gymnasium's TimeLimit
         done = terminated | truncated
         if self.defines_success:
             success = torch.where(terminated, success, 0.0)  # a time-out is a failure
