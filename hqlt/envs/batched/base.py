@@ -38,28 +38,24 @@ from torch import Tensor
 _UINT32 = 0xFFFFFFFF
 
 
-def _mul32(x: Tensor, constant: int) -> Tensor:
-    """(x * constant) mod 2^32 for x in [0, 2^32) in int64 without overflow (16-bit halves)."""
-    high = ((x >> 16) * constant) & 0xFFFF
-    return ((high << 16) + (x & 0xFFFF) * constant) & _UINT32
-
-
 def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer finaliser (lowbias32: xor-shift-multiply, full avalanche)."""
+    """A 32-bit integer hash (xor-shift-multiply, full avalanche) of int64 values in [0, 2^32).
+
+    Both multipliers are below 2^31, so every product fits in int64: exact on every device.
+    """
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = (x * 0x21F0AAAD) & _UINT32
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x = (x * 0x735A2D97) & _UINT32
+    return x ^ (x >> 15)
 
 
 def hash_bits(*words: Tensor | int) -> Tensor:
     """Uniform 32-bit values (int64 in [0, 2^32)) hashed from integer `words`, broadcast together."""
     bits: Tensor | None = None
     for word in words:
-        word = torch.as_tensor(word, dtype=torch.int64) if not isinstance(word, Tensor) else word.long()
-        word = word & _UINT32
-        bits = _mix32(word if bits is None else _mix32(bits ^ word) ^ 0x9E3779B9)
+        word = (torch.as_tensor(word, dtype=torch.int64) if not isinstance(word, Tensor) else word.long()) & _UINT32
+        bits = _mix32(word if bits is None else bits ^ word)
     assert bits is not None, "hash_bits needs at least one word"
     return bits
 
@@ -111,11 +107,13 @@ class BatchedEnv:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        # On the device, so that a CUDA graph captured over `step` reads the seed of the latest reset.
-        self.seed = torch.tensor(int(seed), dtype=torch.int64, device=self.device)
+        self.seed = int(seed)
         self.max_episode_steps = max_episode_steps
         self.episode_source: Any = None
         self.rows = torch.arange(num_envs, device=self.device)
+        # hash(seed, env index), the start of every draw's key; a tensor, so that a CUDA graph captured
+        # over `step` reads the seed of the latest reset.
+        self.row_keys = hash_bits(self.seed, self.rows)
         self.episode = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
@@ -148,13 +146,12 @@ class BatchedEnv:
         Keyed by (seed, env index, `self.episode`, `stream`, element index, `step` if given): a port
         gives every kind of draw its own stream, and per-step draws (noise) pass the step counter.
         """
-        index = torch.arange(math.prod(shape), device=self.device).view(1, *shape)
-        rows = self.rows.view(-1, *([1] * len(shape)))
-        episode = self.episode.view(-1, *([1] * len(shape)))
-        words = [self.seed, rows, episode, stream, index]
+        per_row = (-1, *([1] * len(shape)))
+        bits = hash_bits(self.row_keys, self.episode).view(per_row)
         if step is not None:
-            words.append(step.view(-1, *([1] * len(shape))))
-        return hash_bits(*words)
+            bits = hash_bits(bits, step.view(per_row))
+        element = torch.arange(math.prod(shape), device=self.device).view(1, *shape) + stream * 0x9E3779B9
+        return hash_bits(bits, element)
 
     def random_permutations(self, stream: int, size: int) -> Tensor:
         """A uniformly random permutation of range(size) per row, int64 `[N, size]`."""
@@ -173,7 +170,8 @@ class BatchedEnv:
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
         if seed is not None:
-            self.seed.fill_(int(seed))
+            self.seed = int(seed)
+            self.row_keys.copy_(hash_bits(self.seed, self.rows))
         self.episode.zero_()
         self.elapsed.zero_()
         self.episode_return.zero_()
@@ -206,7 +204,10 @@ class BatchedEnv:
         self.episode += done
         self.elapsed.masked_fill_(done, 0)
         self.episode_return.masked_fill_(done, 0.0)
-        self._start(done, self._episode_parameters())
+        # Draws are keyed by counters, not by a sequence: skipping them changes nothing. On the CPU,
+        # where reading `done` costs no synchronisation, steps without an episode end skip the draws.
+        if self.device.type != "cpu" or bool(done.any()):
+            self._start(done, self._episode_parameters())
         return self._observe(), reward, terminated, truncated, info
 
     def snapshot(self) -> dict[str, Tensor]:
