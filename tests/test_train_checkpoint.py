@@ -91,13 +91,15 @@ def test_resume_refuses_a_different_model(tmp_path):
         Trainer(cfg)
 
 
-def test_sigint_saves_a_checkpoint_and_closes_the_writer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_saves_a_checkpoint_and_closes_the_writer(tmp_path, monkeypatch, signum):
     real_update, calls = trainer_module.ppo_update, []
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
 
     def update_then_ctrl_c(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         return real_update(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "ppo_update", update_then_ctrl_c)
@@ -110,6 +112,7 @@ def test_sigint_saves_a_checkpoint_and_closes_the_writer(tmp_path, monkeypatch):
     events.Reload()
     assert metrics.SPS in events.Tags()["scalars"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

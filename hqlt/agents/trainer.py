@@ -110,11 +110,14 @@ def summarize(stats: EpisodeStats) -> dict[str, float]:
 
 
 class SigintGuard:
-    """Within the block, the first Ctrl-C only sets `requested`; a second one interrupts at once."""
+    """Within the block, the first Ctrl-C or SIGTERM (what schedulers and `timeout` send before they
+    kill) only sets `requested`; a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -123,14 +126,14 @@ class SigintGuard:
 
     def __enter__(self) -> SigintGuard:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        except ValueError:  # not the main thread: leave the signals alone
+            self._previous = {}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class Trainer:

@@ -1,0 +1,150 @@
+"""Learning on the memory suites: many training runs side by side, curves and a table against anchors.
+
+    python benchmarks/memory_suite.py SUITE [--cores hqlt,transformer,deltanet,lstm] [--seeds 0,1,2]
+        [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS] [-- OVERRIDE ...]
+
+SUITE is an experiment preset (`hqlt/configs/experiment/<SUITE>.yaml`) or one of the env lists below
+(popgym_suite: the POPGym families of the learning issue at Easy and Medium). Every (task, core, seed)
+is one `python train_rl.py experiment=<SUITE> ...` process; up to --jobs run at once on the one device
+(batched envs keep each run on the GPU). Each task's runs are then read back from their TensorBoard
+events (hqlt.compare): a PNG of training success (or return) per core, mean and min..max over seeds,
+and a table of final greedy evaluation per core next to the anchor published for the task, written
+into benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import markdown_table, record  # noqa: E402
+
+from hqlt.compare import load_runs, plot  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# POPGym's best MMER per task (POPGym paper, PPO, 15M steps; GRU unless another model was better).
+POPGYM_ANCHORS = {
+    "RepeatPreviousEasy": 1.000, "RepeatPreviousMedium": -0.315,
+    "RepeatFirstEasy": 1.000, "RepeatFirstMedium": 1.000,
+    "CountRecallEasy": 0.177, "CountRecallMedium": -0.528,
+    "AutoencodeEasy": -0.283, "AutoencodeMedium": -0.425,
+    "PositionOnlyCartPoleEasy": 1.0, "PositionOnlyCartPoleMedium": 1.0,
+    "NoisyPositionOnlyCartPoleEasy": 0.995, "NoisyPositionOnlyCartPoleMedium": 0.642,
+}
+# Tasks of each suite that is not a single preset: env overrides per task.
+SUITES = {
+    "popgym_suite": {name: ["env=popgym", f"env.id=popgym-{name}-v0"] for name in POPGYM_ANCHORS},
+}
+ANCHORS = {
+    "visual_match_750": "paper (SAC-Discrete, 2.0M steps): transformer best, hqlt close to it, one hqlt seed above 70% success",
+    "tmaze_passive_1000": "Ni et al. 2023: transformers solve passive T-Maze up to memory length 1500",
+}
+
+
+def run_all(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, time_limit: float | None) -> None:
+    """Runs `(name, argv)` commands, at most `jobs` at once; each one's output goes to log_dir/<name>.log."""
+    pending, running = list(commands), []
+    deadline = time.monotonic() + time_limit if time_limit else None
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, argv = pending.pop(0)
+            log = open(log_dir / f"{name}.log", "w")
+            running.append((name, subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(1.0)
+        if deadline is not None and time.monotonic() > deadline:
+            for name, process, _ in running:
+                process.terminate()  # the trainer saves a checkpoint and writes what it has
+            for name, process, log in running:
+                process.wait()
+                log.close()
+                print(f"{name}: stopped at the time limit", flush=True)
+            for name, _ in pending:
+                print(f"{name}: not started (time limit)", flush=True)
+            return
+        for entry in [entry for entry in running if entry[1].poll() is not None]:
+            name, process, log = entry
+            log.close()
+            running.remove(entry)
+            print(f"{name}: exit {process.returncode}", flush=True)
+
+
+def summarize_task(task: str, task_dir: Path, out_dir: Path) -> list[list[object]]:
+    """Curves (PNG) and one table row per core of the runs under task_dir/<core>/<run>/."""
+    runs = load_runs(task_dir)
+    if not runs:
+        return []
+    plot(runs, "episode", out_dir, task)
+    rows = []
+    for core in sorted({run.core for run in runs}):
+        group = [run for run in runs if run.core == core]
+        steps = [int(run.scalars["perf/sps"][0][-1]) if "perf/sps" in run.scalars else 0 for run in group]
+        cells = []
+        for quantity in ("success", "return"):
+            values = np.array([run.final(quantity) for run in group])
+            values = values[~np.isnan(values)]
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "-")
+        # POPGym's MMER: the best mean return of the training episodes logged at an update, per seed.
+        best = [run.scalars["episode/return"][1].max() for run in group if "episode/return" in run.scalars]
+        cells.append(f"{np.mean(best):.3f}" if best else "-")
+        rows.append([task, core, len(group), f"{min(steps):,}-{max(steps):,}", *cells])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite")
+    parser.add_argument("--cores", default="hqlt,transformer,deltanet,lstm")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--log-dir", type=Path, default=Path("runs/suites"))
+    parser.add_argument("--time-limit", type=float, default=None, help="stop every run after this many seconds")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run (after --)")
+    args = parser.parse_args()
+    tasks = SUITES.get(args.suite, {args.suite: []})
+    suite_dir = args.log_dir / args.suite
+    if suite_dir.exists():
+        shutil.rmtree(suite_dir)
+    suite_dir.mkdir(parents=True)
+    commands = []
+    for task, task_overrides in tasks.items():
+        for core in args.cores.split(","):
+            for seed in args.seeds.split(","):
+                argv = [
+                    sys.executable, "train_rl.py",
+                    *([] if args.suite in SUITES else [f"experiment={args.suite}"]),
+                    *task_overrides, f"memory={core}", f"seed={seed}", f"device={args.device}",
+                    f"env.name={task}", f"log_dir={suite_dir}", "progress=false", *args.overrides,
+                ]
+                commands.append((f"{task}-{core}-seed{seed}", argv))
+    print(f"{len(commands)} runs, {args.jobs} at a time", flush=True)
+    start = time.monotonic()
+    run_all(commands, args.jobs, suite_dir, args.time_limit)
+    minutes = (time.monotonic() - start) / 60
+
+    rows = [row for task in tasks for row in summarize_task(task, suite_dir / task, suite_dir)]
+    header = ["task", "core", "seeds", "env steps", "final success", "final return", "MMER"]
+    if args.suite == "popgym_suite":
+        header.append("POPGym best MMER")
+        rows = [row + [f"{POPGYM_ANCHORS[row[0]]:.3f}"] for row in rows]
+    table = markdown_table(header, rows)
+    command = "python benchmarks/memory_suite.py " + " ".join(sys.argv[1:])
+    anchor = ANCHORS.get(args.suite, "")
+    body = (f"`{command}` ({len(commands)} runs, {args.jobs} at a time, {minutes:.1f} min). Final = greedy "
+            f"evaluation at the end of each run, mean ± std over seeds. Curves: `{suite_dir}/*.png`."
+            + (f" Anchor: {anchor}." if anchor else "") + f"\n\n{table}")
+    print(body)
+    if args.record:
+        record(f"Memory suite: {args.suite}", body)
+
+
+if __name__ == "__main__":
+    main()
