@@ -3,16 +3,20 @@
 `run_against_reference` steps `hqlt.envs.make_vector(env_id, ...)` and `make_batched(env_id, ...)`
 with the same actions, the batched env's episode parameters injected from the reference envs, and
 checks every returned value, the final observations and the episode statistics across autoresets.
+The port runs on HQLT_TEST_DEVICE (default cpu; `HQLT_TEST_DEVICE=cuda` for the GPU run).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from hqlt.envs import make_batched, make_vector
+
+DEVICE = os.environ.get("HQLT_TEST_DEVICE", "cpu")
 
 
 def reference_envs(vector_env) -> list:
@@ -28,7 +32,7 @@ def run_against_reference(
     steps: int = 300,
     seed: int = 0,
     min_episodes: int = 1,
-    device: str = "cpu",
+    device: str = DEVICE,
     atol: float = 0.0,
     **kwargs,
 ) -> int:

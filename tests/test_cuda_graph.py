@@ -15,7 +15,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hqlt.agents import Policy
+from hqlt.agents import Collector, Policy
+from hqlt.envs import make_batched
 from hqlt.kernels.cuda_graph import CapturedStep
 from hqlt.memory import build_core
 
@@ -33,11 +34,12 @@ CORES = {
 }
 
 
-def make_policy(core_name: str, logit_scale: float = 1.0) -> Policy:
+def make_policy(core_name: str, logit_scale: float = 1.0, observation_space=OBSERVATION_SPACE,
+                action_space=ACTION_SPACE) -> Policy:
     """A policy on DEVICE; `logit_scale` scales its initial (near-uniform) action logits."""
     torch.manual_seed(0)
     core = build_core(core_name, input_dim=WIDTH, hidden_dim=WIDTH, **CORES[core_name])
-    policy = Policy(OBSERVATION_SPACE, ACTION_SPACE, core, head_dim=32)
+    policy = Policy(observation_space, action_space, core, head_dim=32)
     with torch.no_grad():
         policy.action_head.net[-1].weight.mul_(logit_scale)
     return policy.to(DEVICE).eval()
@@ -99,6 +101,32 @@ def test_sampling_draws_fresh_numbers_at_every_call(graph):
         expected = log_p[:, 0].exp().mean(0)  # mean over envs of each action's probability
         frequencies = torch.nn.functional.one_hot(samples[..., element], len(expected)).float().mean((0, 1))
         torch.testing.assert_close(frequencies, expected, rtol=0, atol=0.03)
+
+
+@pytest.mark.parametrize("core_name", list(CORES))
+def test_captured_policy_and_env_step_equals_eager_stepping(core_name):
+    """The collector with a batched env: on CUDA one graph holds the policy step, the env step and the
+    truncation bootstrap. Same transitions and env state as stepping eagerly, so the graph's warm-up
+    steps left the episodes as they were."""
+
+    def run(capture: bool):
+        # Active T-Maze 3: turns end episodes from step 4 on, the time limit truncates at step 5.
+        envs = make_batched("hqlt/TMazeActive-v0", ENVS, device=DEVICE, seed=0, corridor_length=3, max_episode_steps=5)
+        policy = make_policy(core_name, 100.0, envs.single_observation_space, envs.single_action_space)
+        collector = Collector(policy, envs, DEVICE, rollout_length=1, sequence_length=1, capture=capture)
+        collector.restart(0)
+        return [collector.step(greedy=True) for _ in range(STEPS)], envs.snapshot()
+
+    (eager, eager_env), (captured, captured_env) = run(False), run(True)
+    assert any(bool((step.truncated & ~step.terminated).any()) for step in eager), "nothing was bootstrapped"
+    for t, (ours, theirs) in enumerate(zip(captured, eager)):
+        for name in ("actions", "rewards", "terminated", "truncated"):
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), msg=f"step {t}: {name}")
+        for name in ("log_probs", "values", "final_values"):
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-5,
+                                       msg=f"step {t}: {name}")
+    for name, value in eager_env.items():
+        torch.testing.assert_close(captured_env[name], value, msg=f"env state {name}")
 
 
 def test_calls_must_keep_the_captured_structure():
