@@ -15,6 +15,7 @@ into benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def main() -> None:
         header.append("POPGym best MMER")
         rows = [row + [f"{POPGYM_ANCHORS[row[0]]:.3f}"] for row in rows]
     table = markdown_table(header, rows)
-    command = "python benchmarks/memory_suite.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/memory_suite.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     anchor = ANCHORS.get(args.suite, "")
     body = (f"`{command}` ({len(commands)} runs, {args.jobs} at a time, {minutes:.1f} min). Final = greedy "
             f"evaluation at the end of each run, mean ± std over seeds. Curves: `{suite_dir}/*.png`."

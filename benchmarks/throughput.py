@@ -16,6 +16,7 @@ Every row of a table comes from this run, on this machine.
 from __future__ import annotations
 
 import argparse
+import shlex
 import platform
 import sys
 import time
@@ -158,11 +159,11 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
 
-    env_table = markdown_table(["task", "envs", "batched steps/s", "reference steps/s", "ratio"], env_rows)
+    env_table = markdown_table(["task", "num envs", "batched steps/s", "reference steps/s", "ratio"], env_rows)
     e2e_table = markdown_table(
-        ["task", "core", "envs", "num envs", "PPO steps/s", "acting s/update", "update s/update"], e2e_rows
+        ["task", "core", "vectorization", "num envs", "PPO steps/s", "acting s/update", "update s/update"], e2e_rows
     )
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/throughput.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     body = (
         f"`{command}` on {card}, torch {torch.__version__}. Tasks: tmaze = passive T-Maze 100, "
         "visual_match = Passive Visual Match 750, repeat_previous = popgym RepeatPreviousEasy. "
