@@ -1,11 +1,19 @@
-"""GAE against hand-computed values, and the PPO update's bookkeeping."""
+"""GAE against hand-computed values, PopArt, and the PPO update's bookkeeping and reward-scale invariance."""
 
+import copy
+
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
+from torch import nn
 
-from hqlt.agents import compute_gae
-from hqlt.agents.ppo import explained_variance
+from hqlt.agents import Policy, compute_gae
+from hqlt.agents.popart import PopArt
+from hqlt.agents.ppo import explained_variance, ppo_update
 from hqlt.agents.rollout import Rollout
+from hqlt.configs.schema import PPOConfig
+from hqlt.memory import build_core
 
 
 def make_rollout(rewards, values, terminated, truncated, final_values, next_value) -> Rollout:
@@ -79,3 +87,63 @@ def test_explained_variance():
     assert explained_variance(torch.zeros(4), target) == pytest.approx(0.0)
     assert explained_variance(target + 1.0, target) == pytest.approx(1.0)
     assert explained_variance(target.flip(0), target) == pytest.approx(1 - (target.flip(0) - target).var().item() / target.var().item())
+
+
+def test_popart_takes_the_first_targets_moments_then_keeps_outputs():
+    torch.manual_seed(0)
+    layer = PopArt(6)
+    h = torch.randn(10, 6)
+    normalised = nn.functional.linear(h, layer.weight, layer.bias)
+    targets = 100.0 * torch.rand(32) + 50.0
+    layer.update(targets)
+    torch.testing.assert_close(layer.mean, targets.mean())
+    torch.testing.assert_close(layer.std, targets.std(unbiased=False), rtol=1e-4, atol=0)
+    torch.testing.assert_close(layer(h), normalised * layer.std + layer.mean)  # the layer itself is left as it is
+    before = layer(h)
+    layer.update(targets + 10.0)
+    torch.testing.assert_close(layer(h), before, rtol=1e-5, atol=1e-4)
+    assert targets.mean() < layer.mean < targets.mean() + 10.0
+
+
+def acted_rollout(policy: Policy, num_envs: int = 4, steps: int = 8) -> Rollout:
+    """A rollout whose log-probs and values are the policy's own, with random rewards and episode ends."""
+    generator = torch.Generator().manual_seed(1)
+    obs = torch.rand(num_envs, steps, 5, generator=generator)
+    actions = torch.randint(3, (num_envs, steps, 1), generator=generator)
+    prev_actions = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+    terminated = torch.rand(num_envs, steps, generator=generator) < 0.2
+    resets = torch.cat([torch.ones(num_envs, 1, dtype=torch.bool), terminated[:, :-1]], dim=1)
+    rewards = torch.rand(num_envs, steps, generator=generator)
+    prev_rewards = torch.zeros(num_envs, steps)  # the policy's reward input would see the reward scale
+    state = policy.initial_state(num_envs)
+    with torch.no_grad():
+        dist, values, _ = policy(obs, prev_actions, prev_rewards, state, resets)
+    return Rollout(
+        obs=obs, prev_actions=prev_actions, prev_rewards=prev_rewards, resets=resets, actions=actions,
+        log_probs=dist.log_prob(actions), values=values, rewards=rewards, terminated=terminated,
+        truncated=torch.zeros_like(terminated), final_values=torch.zeros(num_envs, steps),
+        next_values=values[:, -1], states={name: value[:, None] for name, value in state.items()},
+    )
+
+
+def test_ppo_update_is_invariant_to_the_reward_scale():
+    # Rewards and value statistics x100: the same normalised advantages and value loss, so the same
+    # parameters after the update.
+    torch.manual_seed(0)
+    obs_space = spaces.Box(0.0, 1.0, shape=(5,), dtype=np.float32)
+    policy = Policy(obs_space, spaces.Discrete(3), build_core("gru", input_dim=8, hidden_dim=8), head_dim=8)
+    policy.value_layer.update(torch.tensor([0.5, 1.5]))
+    scaled_policy = copy.deepcopy(policy)
+    scaled_policy.value_layer.mean.mul_(100.0)
+    scaled_policy.value_layer.mean_square.mul_(100.0**2)
+    rollout = acted_rollout(policy)
+    scaled = copy.deepcopy(rollout)
+    for name in ("rewards", "values", "final_values", "next_values"):
+        setattr(scaled, name, getattr(rollout, name) * 100.0)
+    cfg = PPOConfig(num_envs=4, rollout_length=8, num_minibatches=2, update_epochs=2)
+    for net, data in ((policy, rollout), (scaled_policy, scaled)):
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5)
+        ppo_update(net, optimizer, data, cfg, torch.Generator().manual_seed(0))
+    for (name, param), scaled_param in zip(policy.named_parameters(), scaled_policy.parameters()):
+        torch.testing.assert_close(scaled_param, param, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(scaled_policy.value_layer.mean, 100.0 * policy.value_layer.mean)

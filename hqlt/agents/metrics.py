@@ -23,12 +23,16 @@ LEARNING_RATE = "train/learning_rate"
 UPDATE_TAGS = {
     "loss": "loss/total",
     "policy_loss": "loss/policy",
-    "value_loss": "loss/value",
+    "value_loss": "loss/value",  # in units of the value statistics' std (PopArt)
     "entropy": "loss/entropy",
     "approx_kl": "train/approx_kl",
     "clip_fraction": "train/clip_fraction",
     "explained_variance": "train/explained_variance",
     "grad_norm": "train/grad_norm",
+    # gradient norms of the actor's loss (with the entropy bonus) and the critic's (with vf_coef) on the
+    # shared encoder, mix and core, before clipping: which of the two trains the memory
+    "policy_grad_norm": "train/policy_grad_norm",
+    "value_grad_norm": "train/value_grad_norm",
     # max |log-prob of the learner's replay - the actor's| before the first gradient step: should be ~0
     "replay_error": "train/replay_error",
 }

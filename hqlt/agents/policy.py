@@ -2,7 +2,7 @@
 
     obs ──encoder──┐
     prev action ───┼─ MLP ─> core (memory) ─┬─ actor head  -> action distribution
-    prev reward ───┘                        └─ critic head -> value
+    prev reward ───┘                        └─ critic head -> value (PopArt output layer)
 
 The previous action and reward are zeroed at the first step of an episode (where `resets` is true),
 so the policy sees the same inputs in step mode (acting) and sequence mode (training).
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
 from hqlt.agents.encoders import build_encoder
+from hqlt.agents.popart import PopArt
 from hqlt.envs import describe_space
 from hqlt.memory import MemoryCore, State
 
@@ -40,8 +41,17 @@ class Policy(nn.Module):
         self.critic = nn.Sequential(
             init_layer(nn.Linear(core.hidden_dim, head_dim)),
             nn.Tanh(),
-            init_layer(nn.Linear(head_dim, 1), gain=1.0),
+            PopArt(head_dim),
         )
+
+    @property
+    def value_layer(self) -> PopArt:
+        """The critic's output layer and its value statistics."""
+        return self.critic[-1]
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """The parameters both heads depend on: encoder, input mix and core."""
+        return [*self.encoder.parameters(), *self.mix.parameters(), *self.core.parameters()]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """The core's state for `batch_size` fresh episodes."""

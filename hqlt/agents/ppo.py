@@ -56,6 +56,18 @@ def explained_variance(predicted: Tensor, target: Tensor) -> float:
     return float("nan") if variance == 0 else float(1 - (target - predicted).var() / variance)
 
 
+def trunk_gradient_norms(trunk: list[nn.Parameter], critic_grads: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
+    """Norms of the actor's and the critic's gradient on the parameters both heads share (encoder, mix,
+    core): the critic's is `critic_grads`, the actor's what the whole loss put into `.grad` minus it."""
+    actor, critic = [], []
+    for parameter, critic_grad in zip(trunk, critic_grads):
+        if parameter.grad is not None:
+            critic_grad = torch.zeros_like(parameter.grad) if critic_grad is None else critic_grad
+            actor.append((parameter.grad - critic_grad).norm())
+            critic.append(critic_grad.norm())
+    return torch.stack(actor).norm(), torch.stack(critic).norm()
+
+
 def ppo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -65,10 +77,14 @@ def ppo_update(
 ) -> dict[str, float]:
     """One PPO update on a rollout; returns the mean of each loss and diagnostic over minibatches."""
     advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
+    if cfg.normalize_values:  # before the epochs; the acting values stay valid (PopArt keeps outputs)
+        policy.value_layer.update(returns)
+    value_scale = policy.value_layer.std
     sequences = training_sequences(rollout, advantages, returns)
     num_sequences = sequences.resets.shape[0]
     minibatch_size = num_sequences // cfg.num_minibatches
-    stats: dict[str, list[float]] = defaultdict(list)
+    stats: dict[str, list[Tensor]] = defaultdict(list)
+    trunk = policy.trunk_parameters()
 
     for _epoch in range(cfg.update_epochs):
         order = torch.randperm(num_sequences, generator=generator).to(rollout.resets.device)
@@ -83,9 +99,9 @@ def ppo_update(
             ratio = log_ratio.exp()
             with torch.no_grad():
                 if not stats["replay_error"]:  # before the first step the learner must reproduce the actor
-                    stats["replay_error"].append(log_ratio.abs().max().item())
-                stats["approx_kl"].append(float(((ratio - 1) - log_ratio).mean()))
-                stats["clip_fraction"].append(float(((ratio - 1).abs() > cfg.clip_coef).float().mean()))
+                    stats["replay_error"].append(log_ratio.abs().max())
+                stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
+                stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip_coef).float().mean())
 
             # 3. Clipped policy loss on (normalised) advantages.
             adv = batch.advantages
@@ -93,39 +109,50 @@ def ppo_update(
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
-            # 4. Value loss, optionally clipped around the acting values.
-            value_error = (values - batch.returns) ** 2
+            # 4. Value loss in normalised units (std 1 without normalize_values), optionally clipped
+            # around the acting values.
+            value_error = ((values - batch.returns) / value_scale) ** 2
             if cfg.clip_value_loss:
-                clipped = batch.values + (values - batch.values).clamp(-cfg.clip_coef, cfg.clip_coef)
-                value_error = torch.max(value_error, (clipped - batch.returns) ** 2)
+                clip = cfg.clip_coef * value_scale
+                clipped = batch.values + (values - batch.values).clamp(-clip, clip)
+                value_error = torch.max(value_error, ((clipped - batch.returns) / value_scale) ** 2)
             value_loss = 0.5 * value_error.mean()
 
-            # 5. Total loss with the entropy bonus; refuse to step on NaN/inf.
+            # 5. Total loss with the entropy bonus.
             entropy_mean = entropy.mean()
-            loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"PPO loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
-                    f"entropy {entropy_mean.item()})"
-                )
+            actor_loss = policy_loss - cfg.ent_coef * entropy_mean
+            critic_loss = cfg.vf_coef * value_loss
+            loss = actor_loss + critic_loss
 
-            # 6. Gradient step with the gradient norm clipped (and checked, like the loss).
+            # 6. Gradients; on the first minibatch also the critic's alone on the shared encoder, mix
+            # and core (one extra backward pass), to log which of the two losses trains the memory.
+            measure_trunk = not stats["value_grad_norm"]
+            if measure_trunk:
+                critic_grads = torch.autograd.grad(critic_loss, trunk, retain_graph=True, allow_unused=True)
             optimizer.zero_grad()
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteLossError(f"gradient norm is {grad_norm.item()} at a finite loss {loss.item()}")
-            optimizer.step()
-            stats["grad_norm"].append(grad_norm.item())
+            if measure_trunk:
+                policy_grad_norm, value_grad_norm = trunk_gradient_norms(trunk, critic_grads)
+                stats["policy_grad_norm"].append(policy_grad_norm)
+                stats["value_grad_norm"].append(value_grad_norm)
 
-            stats["policy_loss"].append(policy_loss.item())
-            stats["value_loss"].append(value_loss.item())
-            stats["entropy"].append(entropy_mean.item())
-            stats["loss"].append(loss.item())
+            # 7. Step with the gradient norm clipped; refuse to step on a NaN/inf loss or gradient (the
+            # update's one host synchronisation per minibatch).
+            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"PPO loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
+                    f"entropy {entropy_mean.item()}), gradient norm {grad_norm.item()}"
+                )
+            optimizer.step()
+            for name, value in (("grad_norm", grad_norm), ("policy_loss", policy_loss), ("value_loss", value_loss),
+                                ("entropy", entropy_mean), ("loss", loss)):
+                stats[name].append(value.detach())
 
         if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
             break
 
-    summary = {name: sum(values) / len(values) for name, values in stats.items()}
+    # Statistics stay on the device until here: one read-back per update.
+    summary = dict(zip(stats, torch.stack([torch.stack(values).float().mean() for values in stats.values()]).tolist()))
     summary["explained_variance"] = explained_variance(rollout.values.flatten(), returns.flatten())
     return summary
