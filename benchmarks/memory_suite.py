@@ -3,13 +3,13 @@
     python benchmarks/memory_suite.py SUITE [--cores hqlt,transformer,deltanet,lstm] [--seeds 0,1,2]
         [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS] [-- OVERRIDE ...]
 
-SUITE is an experiment preset (`hqlt/configs/experiment/<SUITE>.yaml`) or one of the env lists below
-(popgym_suite: the POPGym families of the learning issue at Easy and Medium). Every (task, core, seed)
-is one `python train_rl.py experiment=<SUITE> ...` process; up to --jobs run at once on the one device
-(batched envs keep each run on the GPU). Each task's runs are then read back from their TensorBoard
-events (hqlt.compare): a PNG of training success (or return) per core, mean and min..max over seeds,
-and a table of final greedy evaluation per core next to the anchor published for the task, written
-into benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
+SUITE is one of SUITES below: tasks (each a list of config overrides, e.g. an experiment preset) and
+the cores' sizes (the paper's for its comparison, else the memory presets). Every (task, core, seed)
+is one `python train_rl.py ...` process; up to --jobs run at once on the one device (batched envs keep
+each run on the GPU). Each task's runs are then read back from their TensorBoard events
+(hqlt.compare): a PNG of training success and return per core, mean and min..max over seeds, and a
+table of final greedy evaluation per core next to the anchor published for the task, written into
+benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
 """
 
 from __future__ import annotations
@@ -39,9 +39,41 @@ POPGYM_ANCHORS = {
     "PositionOnlyCartPoleEasy": 1.0, "PositionOnlyCartPoleMedium": 1.0,
     "NoisyPositionOnlyCartPoleEasy": 0.995, "NoisyPositionOnlyCartPoleMedium": 0.642,
 }
-# Tasks of each suite that is not a single preset: env overrides per task.
+# The HQLT paper's sizes (width 100 with 2 heads there; 128 with 2 heads here, since our kernels take
+# power-of-two head dims), and the memory presets for the other suites.
+PAPER_CORES = {
+    "hqlt": ["memory=hqlt", "memory.options.num_layers=3", "memory.options.num_heads=2", "memory.options.window=64"],
+    "transformer": ["memory=transformer", "memory.options.num_layers=2", "memory.options.num_heads=2",
+                    "memory.options.window=null"],
+    "deltanet": ["memory=deltanet", "memory.options.num_layers=3", "memory.options.num_heads=2"],
+    "lstm": ["memory=lstm"],
+}
+PRESET_CORES = {core: [f"memory={core}"] for core in ("hqlt", "transformer", "deltanet", "lstm", "gru")}
+# Learner defaults everywhere: the env presets' own entropy bonus is reset to the default.
+DEFAULTS = ["agent.ent_coef=0.01"]
 SUITES = {
-    "popgym_suite": {name: ["env=popgym", f"env.id=popgym-{name}-v0"] for name in POPGYM_ANCHORS},
+    "visual_match_750": {"tasks": {"visual_match_750": ["experiment=visual_match_750"]}, "cores": PAPER_CORES},
+    "tmaze_passive_1000": {
+        "tasks": {"tmaze_passive_1000": ["experiment=tmaze_passive_1000"]},
+        # max_context (default 1024) covers the 1001 steps of an episode
+        "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
+    },
+    "popgym_suite": {
+        "tasks": {name: ["experiment=popgym_suite", f"env.id=popgym-{name}-v0"] for name in POPGYM_ANCHORS},
+        "cores": PRESET_CORES,
+    },
+    # Where learning starts: short Visual Match, T-Maze 100 and 1000, with the learner's defaults.
+    "memory_probe": {
+        "tasks": {
+            "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=1024"],
+            "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=1024"],
+            "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", *DEFAULTS,
+                                  "agent.num_envs=512", "agent.rollout_length=101"],
+            "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", *DEFAULTS,
+                                   "agent.num_envs=256", "agent.rollout_length=1001"],
+        },
+        "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
+    },
 }
 ANCHORS = {
     "visual_match_750": "paper (SAC-Discrete, 2.0M steps): transformer best, hqlt close to it, one hqlt seed above 70% success",
@@ -82,6 +114,8 @@ def summarize_task(task: str, task_dir: Path, out_dir: Path) -> list[list[object
     if not runs:
         return []
     plot(runs, "episode", out_dir, task)
+    if any("eval/success" in run.scalars or "eval/return" in run.scalars for run in runs):
+        plot(runs, "eval", out_dir, task)
     rows = []
     for core in sorted({run.core for run in runs}):
         group = [run for run in runs if run.core == core]
@@ -108,9 +142,16 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("runs/suites"))
     parser.add_argument("--time-limit", type=float, default=None, help="stop every run after this many seconds")
     parser.add_argument("--record", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run (after --)")
-    args = parser.parse_args()
-    tasks = SUITES.get(args.suite, {args.suite: []})
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1 :]  # config overrides for every run
+    if args.suite not in SUITES:
+        parser.error(f"unknown suite {args.suite!r}; suites: {', '.join(SUITES)}")
+    tasks, core_overrides = SUITES[args.suite]["tasks"], SUITES[args.suite]["cores"]
+    unknown = sorted(set(args.cores.split(",")) - set(core_overrides))
+    if unknown:
+        parser.error(f"suite {args.suite} has no sizes for core(s) {unknown}; its cores: {', '.join(core_overrides)}")
     suite_dir = args.log_dir / args.suite
     if suite_dir.exists():
         shutil.rmtree(suite_dir)
@@ -120,10 +161,9 @@ def main() -> None:
         for core in args.cores.split(","):
             for seed in args.seeds.split(","):
                 argv = [
-                    sys.executable, "train_rl.py",
-                    *([] if args.suite in SUITES else [f"experiment={args.suite}"]),
-                    *task_overrides, f"memory={core}", f"seed={seed}", f"device={args.device}",
-                    f"env.name={task}", f"log_dir={suite_dir}", "progress=false", *args.overrides,
+                    sys.executable, "train_rl.py", *task_overrides, *core_overrides[core], f"memory.name={core}",
+                    f"seed={seed}", f"device={args.device}", f"env.name={task}", f"log_dir={suite_dir}",
+                    "progress=false", *args.overrides,
                 ]
                 commands.append((f"{task}-{core}-seed{seed}", argv))
     print(f"{len(commands)} runs, {args.jobs} at a time", flush=True)
