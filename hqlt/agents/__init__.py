@@ -1,4 +1,4 @@
-"""hqlt.agents: the recurrent actor-critic, rollout storage and PPO over whole rollouts.
+"""hqlt.agents: the recurrent actor-critic, rollout storage, PPO over whole rollouts and V-trace.
 
     from hqlt.agents import train
     from hqlt.configs import compose
@@ -9,6 +9,7 @@ from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, compute_gae, ppo_update, replay
 from hqlt.agents.rollout import Collector, Rollout, SequenceBatch, training_sequences
 from hqlt.agents.trainer import Trainer, TrainingError, evaluate, train
+from hqlt.agents.vtrace import vtrace
 
 __all__ = [
     "Collector",
@@ -24,4 +25,5 @@ __all__ = [
     "replay",
     "train",
     "training_sequences",
+    "vtrace",
 ]
