@@ -2,7 +2,8 @@
 
 A checkpoint holds the model, the optimiser, the config (plain dict), the step counters and every
 RNG state the run draws from (python, numpy, torch CPU/CUDA, the minibatch generator), all as
-tensors and primitives so that no pickled code is ever loaded.
+tensors and primitives so that no pickled code is ever loaded. A path that is not such a checkpoint
+fails with a one-line `CheckpointError` (a ConfigError, so the command line reports it as one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from hqlt.configs.schema import ConfigError
+
 FORMAT_VERSION = 1
+# What the trainer writes into every checkpoint.
+CHECKPOINT_KEYS = ("model", "optimizer", "config", "counters", "rng")
+EXPECTED = "a checkpoint file that training wrote, runs/<env>/<core>/<run>/checkpoints/step<N>.pt"
+
+
+class CheckpointError(ConfigError):
+    """A path that holds no readable checkpoint; the message says what it is and what to give instead."""
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -65,11 +75,54 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Reads a checkpoint on the CPU, refusing anything but tensors and primitives."""
+    """Reads a checkpoint on the CPU, refusing anything but tensors and primitives.
+
+    Raises CheckpointError for a missing path, a directory (naming the checkpoints inside it) and a
+    file that is not a checkpoint of this format.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {checkpoint.get('format_version')}, expected {FORMAT_VERSION}")
+    if path.is_dir():
+        raise CheckpointError(_directory_message(path))
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: no such file; give {EXPECTED}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:  # unreadable (permissions, I/O): the OS's own message says why
+        raise
+    except Exception as error:  # foreign bytes fail as UnpicklingError, EOFError, RuntimeError (zip), KeyError, ...
+        raise CheckpointError(
+            f"{path} is not a checkpoint: torch.load cannot read it ({type(error).__name__}); give {EXPECTED}"
+        ) from error
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise CheckpointError(f"{path} is a torch file but not an hqlt checkpoint; give {EXPECTED}")
+    if checkpoint["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {checkpoint['format_version']}; this hqlt reads format {FORMAT_VERSION}"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint: it lacks {', '.join(missing)} "
+            f"(a training checkpoint holds {', '.join(CHECKPOINT_KEYS)})"
+        )
     return checkpoint
+
+
+def _directory_message(path: Path) -> str:
+    """What to say for a directory given as a checkpoint: where the checkpoints under it are, and the
+    newest. Looks as deep as runs/<env>/<core>/<run>/checkpoints/ (no deeper, so that a large tree is
+    not walked)."""
+    found = [file for depth in range(4) for file in path.glob("*/" * depth + "checkpoints/step*.pt")]
+    found += list(path.glob("step*.pt"))
+    if not found:
+        return (
+            f"{path} is a directory with no checkpoints (step*.pt in it or in checkpoints/ folders up to 3 levels "
+            f"below); give {EXPECTED}"
+        )
+    newest = max(found, key=lambda file: file.stat().st_mtime)
+    folders = sorted({file.parent for file in found})
+    where = f"as {folders[0]}/step*.pt" if len(folders) == 1 else f"in {len(folders)} checkpoints/ folders"
+    return (
+        f"{path} is a directory, not a checkpoint file; it holds {len(found)} checkpoint(s) {where}; "
+        f"the newest is {newest}"
+    )

@@ -10,15 +10,21 @@ so the policy sees the same inputs in step mode (acting) and sequence mode (trai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from gymnasium import spaces
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
+from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt
-from hqlt.envs import describe_space
-from hqlt.memory import MemoryCore, State
+from hqlt.configs.schema import TrainConfig
+from hqlt.envs import describe_space, make
+from hqlt.memory import MemoryCore, State, build_core
 
 
 class Policy(nn.Module):
@@ -43,6 +49,33 @@ class Policy(nn.Module):
             nn.Tanh(),
             PopArt(head_dim),
         )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Policy, TrainConfig]:
+        """The policy a training checkpoint holds, on `device`, and the config it was trained with.
+
+        The spaces come from one env made as the config makes it, the core from the config's memory
+        section; the weights are loaded strictly. Raises CheckpointError (a ConfigError) for a path
+        that holds no training checkpoint or one whose model does not fit this version of hqlt.
+        """
+        checkpoint = load_checkpoint(path)
+        try:
+            config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), checkpoint["config"]))
+        except OmegaConfBaseException as error:
+            reason = str(error).splitlines()[0]
+            raise CheckpointError(f"the config stored in {path} does not fit this hqlt's TrainConfig: {reason}") from error
+        env = make(config.env.id, **config.env.kwargs)
+        observation_space, action_space = env.observation_space, env.action_space
+        env.close()
+        memory = config.memory
+        core = build_core(memory.core, input_dim=config.agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
+        policy = cls(observation_space, action_space, core, config.agent.head_dim)
+        try:
+            policy.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            reason = str(error).splitlines()[0]
+            raise CheckpointError(f"the model in {path} does not fit the policy its config builds: {reason}") from error
+        return policy.to(device), config
 
     @property
     def value_layer(self) -> PopArt:

@@ -17,6 +17,11 @@ the agent is behind the fastest schedule (position < steps - 2 * oracle_distance
 (default 1 / corridor_length, so idling a whole episode costs about 1).
 Episodes end (terminated) at the turn, or after the task's horizon: the minimal number of steps,
 corridor_length + 1 (passive) or corridor_length + 3 (active). info["success"] is reported at the end.
+
+render_mode="rgb_array": `render()` draws the maze from above (oracle cell, corridor, junction and its
+two arms; the agent black; while the observation shows the cue, a cell above or below the oracle on
+the goal's side) with c pixels per cell (CELL_PIXELS, fewer where the frame would pass
+MAX_RENDER_WIDTH): uint8 [3 c, (corridor_length + 1 + oracle_distance) c, 3].
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ from gymnasium import spaces
 from hqlt.envs.checks import require_int
 
 RIGHT, UP, LEFT, DOWN = 0, 1, 2, 3
+# Colours of render(): wall, floor, agent, cue.
+WALL_RGB, FLOOR_RGB, AGENT_RGB, CUE_RGB = (70, 70, 70), (205, 205, 205), (0, 0, 0), (220, 40, 40)
+# Side of a rendered cell in pixels, shrunk for long corridors so that frames stay under
+# MAX_RENDER_WIDTH; even, since video encoders want even frame sizes.
+CELL_PIXELS, MAX_RENDER_WIDTH = 16, 2048
 
 
 class TMaze(gym.Env):
     """T-Maze memory task; `active` selects the Active variant (see module docstring)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -43,7 +53,11 @@ class TMaze(gym.Env):
         active: bool = False,
         goal_reward: float = 1.0,
         penalty: float | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"T-Maze render_mode {render_mode!r} is not supported; valid choices: None, 'rgb_array'")
+        self.render_mode = render_mode
         self.corridor_length = require_int("T-Maze corridor_length", corridor_length, 1)
         penalty = 1.0 / self.corridor_length if penalty is None else float(penalty)
         if penalty < 0:
@@ -62,6 +76,7 @@ class TMaze(gym.Env):
         self._x = 0
         self._steps = 0
         self._cue_seen = False
+        self._cue_visible = False
         return self._observe(), {}
 
     def step(self, action: int):
@@ -84,8 +99,24 @@ class TMaze(gym.Env):
 
     def _observe(self) -> np.ndarray:
         obs = np.zeros(3, dtype=np.float32)
-        if self._x == -self.oracle_distance and not self._cue_seen:
+        self._cue_visible = self._x == -self.oracle_distance and not self._cue_seen
+        if self._cue_visible:
             self._cue_seen = True
             obs[0 if self._goal_up else 1] = 1.0
         obs[2] = float(self._x == self.corridor_length)
         return obs
+
+    def render(self) -> np.ndarray | None:
+        """The current state from above as uint8 `[H, W, 3]` (module docstring); None without a render mode."""
+        if self.render_mode is None:
+            gym.logger.warn("T-Maze.render() called without a render_mode; make the env with render_mode='rgb_array'")
+            return None
+        columns = self.corridor_length + 1 + self.oracle_distance
+        cells = np.full((3, columns, 3), WALL_RGB, dtype=np.uint8)
+        cells[1] = FLOOR_RGB
+        cells[[0, 2], -1] = FLOOR_RGB  # the junction's up and down arms
+        if self._cue_visible:
+            cells[0 if self._goal_up else 2, 0] = CUE_RGB
+        cells[1, self._x + self.oracle_distance] = AGENT_RGB
+        pixels = max(2, min(CELL_PIXELS, MAX_RENDER_WIDTH // columns) // 2 * 2)
+        return cells.repeat(pixels, axis=0).repeat(pixels, axis=1)

@@ -20,6 +20,10 @@ The episode ends (terminated) when a colour is picked or the reward room's time 
 
 Actions (Discrete 4): 0 up, 1 down, 2 left, 3 right. Walls (and everything outside the map, drawn as
 wall) block moves. Observation: uint8 [5, 5, 3].
+
+render_mode="rgb_array": `render()` draws the whole current room in the PALETTE's colours, the agent
+black, centred on a wall background of the largest room's size (so that every frame of an episode has
+one size), RENDER_CELL_PIXELS per cell: uint8 [7 * 16, 11 * 16, 3].
 """
 
 from __future__ import annotations
@@ -91,12 +95,16 @@ _EXPLORE_START, _DISTRACTOR_START, _REWARD_START = (_find(m, "@")[0] for m in (_
 _CUE_CELLS = [(_EXPLORE_START[0] + dr, _EXPLORE_START[1] + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
 _APPLE_CELLS = np.array(_find(_DISTRACTOR, "a"))
 _DOOR_CELLS = _find(_REWARD, "c")
+# render(): a room's cells (without the padding) centred on a canvas of the largest room's size.
+RENDER_CELL_PIXELS = 16
+_RENDER_ROWS = max(len(room) for room in (_EXPLORE, _DISTRACTOR, _REWARD))
+_RENDER_COLS = max(len(room[0]) for room in (_EXPLORE, _DISTRACTOR, _REWARD))
 
 
 class PassiveVisualMatch(gym.Env):
     """Remember a colour across a long apple-collecting distractor, then pick it (module docstring)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
     def __init__(
         self,
@@ -104,7 +112,13 @@ class PassiveVisualMatch(gym.Env):
         final_reward: float = 100.0,
         apple_reward: float = 1.0,
         apple_respawn_steps: int = 20,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"PassiveVisualMatch render_mode {render_mode!r} is not supported; valid choices: None, 'rgb_array'"
+            )
+        self.render_mode = render_mode
         self.distractor_steps = require_int("PassiveVisualMatch distractor_steps", distractor_steps, 0)
         self.final_reward = float(final_reward)
         self.apple_reward = float(apple_reward)
@@ -180,3 +194,18 @@ class PassiveVisualMatch(gym.Env):
         view = self._grid[row - _PAD : row + _PAD + 1, col - _PAD : col + _PAD + 1].copy()
         view[_PAD, _PAD] = PLAYER
         return PALETTE[view]
+
+    def render(self) -> np.ndarray | None:
+        """The current room as uint8 `[H, W, 3]` (module docstring); None without a render mode."""
+        if self.render_mode is None:
+            gym.logger.warn(
+                "PassiveVisualMatch.render() called without a render_mode; make the env with render_mode='rgb_array'"
+            )
+            return None
+        grid = self._grid.copy()
+        grid[self._pos] = PLAYER
+        room = grid[_PAD:-_PAD, _PAD:-_PAD]
+        canvas = np.full((_RENDER_ROWS, _RENDER_COLS), WALL, dtype=grid.dtype)
+        top, left = (_RENDER_ROWS - room.shape[0]) // 2, (_RENDER_COLS - room.shape[1]) // 2
+        canvas[top : top + room.shape[0], left : left + room.shape[1]] = room
+        return PALETTE[canvas].repeat(RENDER_CELL_PIXELS, axis=0).repeat(RENDER_CELL_PIXELS, axis=1)
