@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume, Ctrl-C, NaN losses."""
+"""Checkpoints: exact resume, training independent of checkpointing, the learning rate on resume,
+Ctrl-C and SIGTERM, NaN losses."""
 
 import shutil
 import signal
@@ -10,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import hqlt.agents.trainer as trainer_module
 from hqlt.agents import Trainer, TrainingError, metrics, train
 from hqlt.agents.checkpoint import load_checkpoint
-from hqlt.configs import compose
+from hqlt.agents.trainer import TrainingInterrupted
+from hqlt.configs import ConfigError, compose
 
 STEPS_PER_UPDATE = 2 * 8
 
@@ -45,20 +47,44 @@ def run_dirs(tmp_path):
     return sorted((tmp_path / "runs" / "tmaze_passive_3" / "lstm").iterdir())
 
 
+def checkpoint_path(run_dir, update):
+    return run_dir / "checkpoints" / f"step{update * STEPS_PER_UPDATE:010d}.pt"
+
+
+def resume_copy(checkpoint, run_dir):
+    """`checkpoint` copied into a run directory of its own, so that resuming it writes there."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    return shutil.copy(checkpoint, run_dir / "checkpoints" / checkpoint.name)
+
+
+def assert_same_parameters(model, reference):
+    for name, value in reference.items():
+        torch.testing.assert_close(model[name], value, rtol=0, atol=0, msg=name)
+
+
+def learning_rates(run_dir):
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {e.step // STEPS_PER_UPDATE - 1: e.value for e in events.Scalars(metrics.LEARNING_RATE)}  # by update
+
+
 def test_checkpoint_contents_load_with_weights_only(tmp_path):
     train(tiny_config(tmp_path))
     (run_dir,) = run_dirs(tmp_path)
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == [f"step{2 * STEPS_PER_UPDATE:010d}.pt", f"step{4 * STEPS_PER_UPDATE:010d}.pt"]
     checkpoint = load_checkpoint(run_dir / "checkpoints" / names[-1])
-    assert set(checkpoint) >= {"model", "optimizer", "config", "counters", "rng"}
+    assert set(checkpoint) >= {"model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector"}
+    assert checkpoint["lr_schedule"] == {"start": 0, "start_lr": 3e-4, "end": 4}
+    assert set(checkpoint["collector"]) == {"obs", "resets", "prev_action", "prev_reward", "state", "envs"}
     assert checkpoint["counters"] == {"update": 4, "global_step": 4 * STEPS_PER_UPDATE}
     assert checkpoint["config"]["memory"]["core"] == "lstm"
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
 
 
-def test_resume_continues_the_counter_and_matches_an_uninterrupted_run(tmp_path):
-    cfg = tiny_config(tmp_path)
+@pytest.mark.parametrize("capture", ["false", "true"])
+def test_resume_continues_the_counter_and_matches_an_uninterrupted_run(tmp_path, capture):
+    cfg = tiny_config(tmp_path, f"capture={capture}")
     train(cfg)
     (full_run,) = run_dirs(tmp_path)
     halfway = full_run / "checkpoints" / f"step{2 * STEPS_PER_UPDATE:010d}.pt"
@@ -82,6 +108,72 @@ def test_resume_continues_the_counter_and_matches_an_uninterrupted_run(tmp_path)
     assert [e.step for e in events.Scalars(metrics.SPS)] == [3 * STEPS_PER_UPDATE, 4 * STEPS_PER_UPDATE]
 
 
+def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The checkpoint of an interrupted run holds the envs' episodes and the carry: resuming it
+    continues exactly, wherever the run stopped."""
+    train(tiny_config(tmp_path / "full", "checkpoint_interval=0"))
+    (full_run,) = run_dirs(tmp_path / "full")
+    signal_in_first_update(monkeypatch, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(tiny_config(tmp_path / "stopped", "checkpoint_interval=0"))
+    monkeypatch.undo()
+    train(tiny_config(tmp_path / "stopped", "checkpoint_interval=0", f"resume={interrupted.value.checkpoint}"))
+    (stopped_run,) = run_dirs(tmp_path / "stopped")
+    final = load_checkpoint(checkpoint_path(full_run, 4))
+    assert_same_parameters(load_checkpoint(checkpoint_path(stopped_run, 4))["model"], final["model"])
+
+
+@pytest.mark.parametrize("vectorization", ["batched", "gymnasium"])
+def test_checkpoint_interval_does_not_change_training(tmp_path, vectorization):
+    models = {}
+    for interval in (1, 0):
+        overrides = [f"env.vectorization={vectorization}", f"checkpoint_interval={interval}"]
+        cfg = tiny_config(tmp_path / str(interval), *overrides)
+        trainer = Trainer(cfg)
+        trainer.run()
+        models[interval] = trainer.policy.state_dict()
+    assert len(list((run_dirs(tmp_path / "1")[0] / "checkpoints").iterdir())) == 4
+    assert_same_parameters(models[1], models[0])
+
+
+def test_gymnasium_envs_resume_with_fresh_episodes(tmp_path):
+    """Gymnasium vector envs cannot be saved: the checkpoint holds no collector state, and a resumed
+    run starts new episodes (seeded from the step counter) and continues the counters."""
+    train(tiny_config(tmp_path, "env.vectorization=gymnasium"))
+    (run_dir,) = run_dirs(tmp_path)
+    halfway = load_checkpoint(checkpoint_path(run_dir, 2))
+    assert halfway["collector"] is None
+    resumed = resume_copy(checkpoint_path(run_dir, 2), tmp_path / "resumed")
+    summary = train(tiny_config(tmp_path, "env.vectorization=gymnasium", f"resume={resumed}"))
+    assert summary["global_step"] == 4 * STEPS_PER_UPDATE
+
+
+def test_raising_total_steps_on_resume_continues_the_learning_rate(tmp_path):
+    """The schedule anneals from the rate reached at the checkpoint to 0 at the new end (no jump), and
+    a second resume keeps that schedule."""
+    train(tiny_config(tmp_path))
+    (run_dir,) = run_dirs(tmp_path)
+    rates = learning_rates(run_dir)
+    assert rates == pytest.approx({update: 3e-4 * (1 - update / 4) for update in range(4)})
+
+    extended = resume_copy(checkpoint_path(run_dir, 2), tmp_path / "extended")
+    train(tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={extended}"))
+    expected = {update: 1.5e-4 * (1 - (update - 2) / 6) for update in range(2, 8)}
+    assert learning_rates(tmp_path / "extended") == pytest.approx(expected)
+
+    again = resume_copy(checkpoint_path(tmp_path / "extended", 6), tmp_path / "again")
+    train(tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={again}"))
+    assert learning_rates(tmp_path / "again") == pytest.approx({update: expected[update] for update in (6, 7)})
+
+
+def test_raising_total_steps_of_a_finished_annealed_run_is_refused(tmp_path):
+    train(tiny_config(tmp_path))
+    (run_dir,) = run_dirs(tmp_path)
+    cfg = tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={checkpoint_path(run_dir, 4)}")
+    with pytest.raises(ConfigError, match="its learning rate has annealed to 0 .* resume from an earlier checkpoint"):
+        Trainer(cfg)
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     train(tiny_config(tmp_path))
     (run_dir,) = run_dirs(tmp_path)
@@ -91,22 +183,34 @@ def test_resume_refuses_a_different_model(tmp_path):
         Trainer(cfg)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_or_sigterm_saves_a_checkpoint_and_closes_the_writer(tmp_path, monkeypatch, signum):
+def signal_in_first_update(monkeypatch, signum):
+    """Makes the run's first PPO update deliver `signum` to the process; returns the list of updates."""
     real_update, calls = trainer_module.ppo_update, []
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
 
-    def update_then_ctrl_c(*args, **kwargs):
+    def update_then_signal(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signum)
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "ppo_update", update_then_ctrl_c)
-    summary = train(tiny_config(tmp_path, "checkpoint_interval=0"))
-    assert summary["interrupted"] == 1.0 and len(calls) == 1
+    monkeypatch.setattr(trainer_module, "ppo_update", update_then_signal)
+    return calls
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_or_sigterm_saves_a_checkpoint_and_raises_with_the_signal(tmp_path, monkeypatch, signum, exit_code):
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    calls = signal_in_first_update(monkeypatch, signum)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(tiny_config(tmp_path, "checkpoint_interval=0"))
+    assert len(calls) == 1
     (run_dir,) = run_dirs(tmp_path)
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / f"step{STEPS_PER_UPDATE:010d}.pt")
+    assert (interrupted.value.signum, interrupted.value.exit_code) == (signum, exit_code)
+    assert interrupted.value.checkpoint == checkpoint_path(run_dir, 1)
+    assert f"interrupted by {signal.Signals(signum).name} at step {STEPS_PER_UPDATE}" in str(interrupted.value)
+    # A KeyboardInterrupt, so that Hydra's sweep, which goes on after an Exception, stops.
+    assert isinstance(interrupted.value, KeyboardInterrupt) and not isinstance(interrupted.value, Exception)
+    checkpoint = load_checkpoint(checkpoint_path(run_dir, 1))
     assert checkpoint["counters"]["update"] == 1
     events = EventAccumulator(str(run_dir))
     events.Reload()

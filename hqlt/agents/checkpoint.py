@@ -18,9 +18,10 @@ import torch
 
 from hqlt.configs.schema import ConfigError
 
-FORMAT_VERSION = 1
+# 2: PopArt value statistics in the model, the learning-rate schedule and the collector's carry.
+FORMAT_VERSION = 2
 # What the trainer writes into every checkpoint.
-CHECKPOINT_KEYS = ("model", "optimizer", "config", "counters", "rng")
+CHECKPOINT_KEYS = ("model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector")
 EXPECTED = "a checkpoint file that training wrote, runs/<env>/<core>/<run>/checkpoints/step<N>.pt"
 
 

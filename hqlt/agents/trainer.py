@@ -2,10 +2,14 @@
 
     train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
 
-Checkpoints are taken at update boundaries, and the envs restart (seeded from the step counter)
-right after each one, so a run resumed from a checkpoint continues exactly as the uninterrupted run.
-Ctrl-C finishes the current rollout or update, saves a checkpoint and closes the writer; a NaN or inf
-loss stops the run before the parameters change, keeping the last good checkpoint.
+Checkpoints are taken at update boundaries and never change training. They hold the model, the
+optimiser, every RNG state, the learning-rate schedule and, with a batched env, the collector's carry
+and the env's state tensors: a run resumed from one continues exactly as the uninterrupted run.
+Gymnasium vector envs cannot be saved: such a run resumes with fresh episodes (seeded from the step
+counter), the same in model, optimiser and random streams only.
+Ctrl-C or SIGTERM finishes the current rollout or update, saves a checkpoint, closes the writer and
+raises TrainingInterrupted; a NaN or inf loss stops the run before the parameters change, keeping the
+last good checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
 from hqlt.configs.schema import ConfigError, TrainConfig, validate
 from hqlt.envs import make_envs
-from hqlt.memory import build_core
+from hqlt.memory import build_core, core_options
 
 # Evaluation envs draw their episodes from seeds far from the training envs'.
 EVAL_SEED_OFFSET = 1_000_000
@@ -42,17 +46,36 @@ EVAL_SEED_OFFSET = 1_000_000
 DIAGNOSTIC_INTERVAL, DIAGNOSTIC_SEQUENCES = 10, 8
 # Config sections that define the model and the data; a resumed run must keep them.
 RESUME_FIXED = ("env", "memory", "agent", "seed")
+# The collector's carry besides the memory state: what its next step starts from.
+CARRY = ("obs", "resets", "prev_action", "prev_reward")
 
 
 class TrainingError(RuntimeError):
     """The run stopped; the message says why and where its last good checkpoint is."""
 
 
-def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error.
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint.
 
-    Also sets torch's CPU thread count when `cpu_threads` > 0, and whether fp32 matrix products on
-    CUDA may use TF32 (process-wide torch settings).
+    A KeyboardInterrupt, so that it passes through Hydra's sweep (which goes on to its next job after
+    an Exception) and through code that handles Ctrl-C. `exit_code` is the shell's code for the
+    signal: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path, global_step: int) -> None:
+        self.signum, self.checkpoint, self.global_step = signum, checkpoint, global_step
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {global_step}: checkpoint saved to "
+            f"{checkpoint}; continue with resume={checkpoint}"
+        )
+
+
+def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` or `cuda:<index>` without that GPU is an error.
+
+    Also sets torch's CPU thread count when `cpu_threads` > 0, whether fp32 matrix products on CUDA
+    may use TF32, and the current CUDA device to `cuda:<index>` (process-wide torch settings).
     """
     if cpu_threads > 0:
         torch.set_num_threads(cpu_threads)
@@ -60,9 +83,18 @@ def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch
     torch.backends.cudnn.allow_tf32 = tf32
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"device={name} but torch sees no CUDA device; use device=auto or device=cpu")
+    if device.index is not None:
+        if device.index >= count:
+            valid = ", ".join(["cuda", *(f"cuda:{index}" for index in range(count))])
+            raise ConfigError(f"device={name} but torch sees {count} CUDA device(s); valid choices: {valid}")
+        torch.cuda.set_device(device)  # CUDA graphs and streams are made on the current device
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -72,8 +104,45 @@ def seed_everything(seed: int) -> None:
 
 
 def restart_seed(seed: int, global_step: int) -> int:
-    """Seed of the episodes started after a checkpoint at `global_step` (the same on resume)."""
+    """Seed of the fresh episodes of gymnasium envs resumed from a checkpoint at `global_step`."""
     return seed + global_step
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningRateSchedule:
+    """The learning rate annealed linearly from `start_lr` at update `start` to 0 at update `end`."""
+
+    start: int
+    start_lr: float
+    end: int
+
+    def at(self, update: int) -> float:
+        return self.start_lr * (1.0 - (update - self.start) / (self.end - self.start))
+
+
+def collector_state(collector: Collector) -> dict[str, Any] | None:
+    """What continues the collector's episodes exactly: its carry and the batched env's state tensors.
+
+    None for gymnasium vector envs, whose state cannot be saved.
+    """
+    if not collector.batched:
+        return None
+    carry = {name: getattr(collector, name) for name in CARRY}
+    return {**carry, "state": dict(collector.state), "envs": collector.envs.snapshot()}
+
+
+def restore_collector(collector: Collector, saved: dict[str, Any]) -> None:
+    """Puts back what `collector_state` returned (from a checkpoint, on any device)."""
+    device = collector.device
+    for name in CARRY:
+        setattr(collector, name, saved[name].to(device))
+    collector.state = {name: value.to(device) for name, value in saved["state"].items()}
+    collector.envs.restore(saved["envs"])  # in place: a CUDA graph over the env step reads these tensors
+
+
+def hparam_value(value: Any) -> int | float | str | bool:
+    """TensorBoard's hparams hold numbers, strings and bools; anything else (None, lists) as its str."""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -111,18 +180,22 @@ def summarize(stats: EpisodeStats) -> dict[str, float]:
 
 class SigintGuard:
     """Within the block, the first Ctrl-C or SIGTERM (what schedulers and `timeout` send before they
-    kill) only sets `requested`; a second one interrupts at once."""
+    kill) only records its number in `signum`; a second one interrupts at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
     def __enter__(self) -> SigintGuard:
         try:
@@ -167,11 +240,13 @@ class Trainer:
         self.num_updates = math.ceil(cfg.total_steps / self.steps_per_update)
         self.update = 0
         self.global_step = 0
+        self.schedule = LearningRateSchedule(0, agent.learning_rate, self.num_updates)
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
         if cfg.resume:
             self.run_dir = self._resume(Path(cfg.resume))
         else:
+            self.collector.restart(cfg.seed)
             self.run_dir = new_run_dir(cfg)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         self.writer = SummaryWriter(str(self.run_dir))
@@ -181,13 +256,15 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, float]:
-        """Trains until `total_steps`, Ctrl-C or a non-finite loss; returns the final summary."""
+        """Trains until `total_steps` and returns the final summary.
+
+        Raises TrainingInterrupted after Ctrl-C or SIGTERM (a checkpoint saved), TrainingError on a
+        non-finite loss.
+        """
         cfg = self.cfg
-        self.collector.restart(restart_seed(cfg.seed, self.global_step) if cfg.resume else cfg.seed)
         start_time, start_step = time.perf_counter(), self.global_step
         bar = tqdm(total=self.num_updates * self.steps_per_update, initial=self.global_step, unit="step",
                    disable=not cfg.progress, dynamic_ncols=True)
-        interrupted = False
         try:
             with SigintGuard() as sigint:
                 while self.update < self.num_updates and not sigint.requested:
@@ -209,14 +286,12 @@ class Trainer:
                     bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(self.recent_returns), refresh=False)
                     if cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0:
                         self._checkpoint()
-                        self.collector.restart(restart_seed(cfg.seed, self.global_step))
-                interrupted = sigint.requested
-            if interrupted:
-                self._checkpoint()
-                bar.write(f"interrupted: checkpoint saved to {self.last_checkpoint}")
-                return {"interrupted": 1.0, "global_step": float(self.global_step)}
             if self.checkpoint_step != self.global_step:
                 self._checkpoint()
+            if sigint.signum is not None:
+                interrupted = TrainingInterrupted(sigint.signum, self.last_checkpoint, self.global_step)
+                bar.write(str(interrupted))
+                raise interrupted
             summary = self._final_summary(time.perf_counter() - start_time, start_step)
         finally:
             bar.close()
@@ -227,9 +302,7 @@ class Trainer:
 
     def _train_one_update(self) -> None:
         cfg, agent = self.cfg, self.cfg.agent
-        learning_rate = agent.learning_rate
-        if agent.anneal_lr:
-            learning_rate *= 1.0 - self.update / self.num_updates
+        learning_rate = self.schedule.at(self.update) if agent.anneal_lr else agent.learning_rate
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
 
@@ -313,8 +386,10 @@ class Trainer:
         return summary
 
     def _write_hparams(self, final: dict[str, float]) -> None:
-        """HParams tab: the run's main settings with the final evaluation as its metrics."""
+        """HParams tab: the run's main settings and the core's options, with the final evaluation as
+        its metrics."""
         cfg = self.cfg
+        options = {**core_options(cfg.memory.core), **cfg.memory.options}
         hparam_values = {
             "env": cfg.env.name,
             "memory": cfg.memory.name,
@@ -325,6 +400,7 @@ class Trainer:
             "num_envs": cfg.agent.num_envs,
             "rollout_length": cfg.agent.rollout_length,
             "learning_rate": cfg.agent.learning_rate,
+            **{f"memory.{name}": hparam_value(value) for name, value in options.items()},
         }
         final_metrics = {metrics.FINAL_RETURN: final["return"], metrics.FINAL_SUCCESS: final["success"]}
         experiment, session_start, session_end = hparams(hparam_values, final_metrics)
@@ -345,6 +421,8 @@ class Trainer:
                 "config": dataclasses.asdict(self.cfg),
                 "counters": {"update": self.update, "global_step": self.global_step},
                 "rng": capture_rng(self.generator),
+                "lr_schedule": dataclasses.asdict(self.schedule),
+                "collector": collector_state(self.collector),
             },
         )
         self.last_checkpoint, self.checkpoint_step = path, self.global_step
@@ -352,7 +430,8 @@ class Trainer:
             old.unlink()
 
     def _resume(self, path: Path) -> Path:
-        """Loads a checkpoint into this trainer; returns its run directory (checkpoints/ lives inside)."""
+        """Loads a checkpoint into this trainer and its collector; returns its run directory
+        (checkpoints/ lives inside)."""
         checkpoint = load_checkpoint(path)
         stored, current = checkpoint["config"], dataclasses.asdict(self.cfg)
         changed = [key for key in RESUME_FIXED if stored[key] != current[key]]
@@ -366,8 +445,27 @@ class Trainer:
         self.update = checkpoint["counters"]["update"]
         self.global_step = checkpoint["counters"]["global_step"]
         restore_rng(checkpoint["rng"], self.generator)
+        self.schedule = self._resumed_schedule(LearningRateSchedule(**checkpoint["lr_schedule"]), path)
+        if checkpoint["collector"] is None:
+            self.collector.restart(restart_seed(self.cfg.seed, self.global_step))
+        else:
+            restore_collector(self.collector, checkpoint["collector"])
         self.last_checkpoint, self.checkpoint_step = path, self.global_step
         return path.resolve().parent.parent
+
+    def _resumed_schedule(self, stored: LearningRateSchedule, path: Path) -> LearningRateSchedule:
+        """The stored schedule; if total_steps changed, one from the rate reached to 0 at the new end
+        (no jump in the learning rate)."""
+        if stored.end == self.num_updates:
+            return stored
+        schedule = LearningRateSchedule(self.update, stored.at(self.update), self.num_updates)
+        if self.cfg.agent.anneal_lr and schedule.start_lr <= 0 and self.update < self.num_updates:
+            raise ConfigError(
+                f"cannot raise total_steps when resuming {path}: its learning rate has annealed to 0 "
+                f"(agent.anneal_lr=true), so more updates would not train; resume from an earlier "
+                f"checkpoint (its rate then anneals to 0 at the new total_steps) or start a longer run"
+            )
+        return schedule
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:

@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override
 from omegaconf import DictConfig, OmegaConf
 
-from hqlt.configs.schema import ConfigError, TrainConfig, register_schemas, validate
+from hqlt.configs.schema import ConfigError, TrainConfig, env_id_error, register_schemas, validate
 
 CONFIG_MODULE = "hqlt.configs"
 CONFIG_NAME = "config"
@@ -47,7 +47,8 @@ def check_overrides(overrides: list[str]) -> None:
         valid = group_options(group)
         for value in _values(override):
             if value not in valid and not (group == "experiment" and value == "null"):
-                raise ConfigError(f"unknown {group} {value!r}; valid choices: {', '.join(valid)}")
+                hint = _any_env_hint(group, value)
+                raise ConfigError(f"unknown {group} {value!r}; valid choices: {', '.join(valid)}{hint}")
         choices.append(f"{group}={_values(override)[0]}")
     reference = _compose(choices)
     for override in parsed:
@@ -57,6 +58,17 @@ def check_overrides(overrides: list[str]) -> None:
         _check_key(reference, key)
 
 
+def _any_env_hint(group: str, value: str) -> str:
+    """For an unknown env option: how to run an env id that has no preset."""
+    if group != "env":
+        return ""
+    from hqlt.envs import ENV_IDS
+
+    if value in ENV_IDS:
+        return f"; {value!r} is an env id: run it with env=any env.id={value}"
+    return "; any registered env id runs with env=any env.id=<id> (--help lists the ids)"
+
+
 def _check_key(cfg: DictConfig, key: str) -> None:
     node: Any = cfg
     parts = key.split(".")
@@ -64,7 +76,7 @@ def _check_key(cfg: DictConfig, key: str) -> None:
         where = ".".join(parts[:depth]) or "the top level"
         if not isinstance(node, DictConfig):
             raise ConfigError(f"unknown config key {key!r}: {where} is a value, not a section")
-        if part not in node:
+        if part not in node.keys():  # `in node` is false for a key whose value is missing (???)
             valid = ", ".join(str(name) for name in node.keys()) or "none"
             raise ConfigError(
                 f"unknown config key {key!r}; valid keys at {where}: {valid} (prefix with + to add a new "
@@ -81,6 +93,8 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The typed, validated TrainConfig of a config composed from this tree."""
+    if OmegaConf.is_missing(cfg.env, "id"):
+        raise env_id_error(None)
     config = OmegaConf.to_object(cfg)
     validate(config)
     return config

@@ -2,19 +2,30 @@
 
 The Hydra tree beside this file (env/, memory/, agent/, experiment/) fills these dataclasses; a key
 that is not declared here fails at composition, and `validate` rejects values that are declared but
-wrong (unknown core, unknown env id, sizes that do not divide), each time naming the valid choices.
+wrong (unknown core, unknown env id, sizes that do not divide, rates out of range), each time naming
+the valid choices.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# The bounds `validate` checks numeric keys against.
+BOUNDS: dict[str, Callable[[float], bool]] = {
+    ">= 1": lambda value: value >= 1,
+    ">= 0": lambda value: value >= 0,
+    "> 0": lambda value: value > 0,
+    "in [0, 1]": lambda value: 0 <= value <= 1,
+}
 
 
 class ConfigError(ValueError):
@@ -23,7 +34,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    """An environment: `id` goes to `hqlt.envs.make_envs(id, **kwargs)`; `name` labels run directories."""
+    """An environment: `id` goes to `hqlt.envs.make_envs(id, **kwargs)`; `name` labels run directories
+    (the presets derive it with `env_name`)."""
 
     name: str = MISSING
     id: str = MISSING
@@ -106,8 +118,7 @@ class TrainConfig:
     cpu_threads: int = 1
     # Run directories are <log_dir>/<env.name>/<memory.name>/seed<seed>-<time>.
     log_dir: str = "runs"
-    # Checkpoint every this many updates (0: only the final one). Envs restart after each checkpoint,
-    # so a resumed run continues exactly as the uninterrupted one would.
+    # Checkpoint every this many updates (0: only the final one); checkpoints never change training.
     checkpoint_interval: int = 50
     keep_checkpoints: int = 3
     # Path of a checkpoint to continue from (its run directory is reused).
@@ -120,9 +131,43 @@ class TrainConfig:
     progress: bool = True
 
 
+def id_label(env_id: str) -> str:
+    """An env id as a run directory name: ids such as hqlt/TMazePassive-v0 hold a '/'."""
+    return env_id.replace("/", "_")
+
+
+def env_name(preset_id: str | None = None, label: str = "", *kwarg_names: str, _parent_: DictConfig) -> str:
+    """`env.name` of the env presets (the resolver `hqlt.env_name`), so that runs are named after the env
+    actually run.
+
+    `${hqlt.env_name:<preset id>,<label>,<kwarg>...}`: `<label>_<value of each kwarg that is set>` while
+    env.id is the preset's id, else the id (`id_label`). `${hqlt.env_name:}`: always the id.
+    """
+    if _parent_.id != preset_id:
+        return id_label(_parent_.id)
+    return "_".join([label, *(str(_parent_.kwargs[name]) for name in kwarg_names if name in _parent_.kwargs)])
+
+
 def register_schemas() -> None:
-    """Registers the root schema as `train_schema`, the first entry of config.yaml's defaults."""
+    """Registers the root schema as `train_schema` (the first entry of config.yaml's defaults) and the
+    resolvers the config tree uses: `hqlt.env_name` and `hqlt.help` (`python train_rl.py --help`)."""
+    from hqlt.configs.help import help_text
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("hqlt.env_name", env_name, replace=True)
+    OmegaConf.register_new_resolver("hqlt.help", help_text, replace=True)
+
+
+def env_id_error(env_id: str | None) -> ConfigError:
+    """The error for an env id that is not registered (None: not set), listing every registered id."""
+    from hqlt.envs import ENV_IDS
+
+    if env_id is None:
+        problem, close = "env.id is not set (env=any runs any registered id: env=any env.id=<id>)", []
+    else:
+        problem, close = f"unknown env id {env_id!r} (env.id)", difflib.get_close_matches(env_id, ENV_IDS, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return ConfigError(f"{problem}; {hint}valid ids: {', '.join(ENV_IDS)}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -137,9 +182,12 @@ def validate(cfg: TrainConfig) -> None:
         valid = ", ".join(core_options(cfg.memory.core)) or "none"
         raise ConfigError(f"unknown memory.options {unknown_options} for core {cfg.memory.core!r}; its options: {valid}")
     if cfg.env.id not in ENV_IDS:
-        close = difflib.get_close_matches(cfg.env.id, ENV_IDS, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ConfigError(f"unknown env id {cfg.env.id!r} (env.id); {hint}valid ids: {', '.join(ENV_IDS)}")
+        raise env_id_error(cfg.env.id)
+    for key, name in (("env.name", cfg.env.name), ("memory.name", cfg.memory.name)):
+        if "/" in name:
+            raise ConfigError(
+                f"{key}={name!r} names a run directory (<log_dir>/<env.name>/<memory.name>/): no '/' in it"
+            )
     if cfg.env.vectorization not in VECTORIZATIONS:
         raise ConfigError(
             f"unknown env.vectorization {cfg.env.vectorization!r}; valid choices: {', '.join(VECTORIZATIONS)}"
@@ -150,9 +198,35 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.env.vectorization == "batched" and cfg.async_envs:
         raise ConfigError("async_envs=true runs gymnasium envs in subprocesses; it needs env.vectorization=gymnasium or auto")
-    if cfg.device not in DEVICES:
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
         raise ConfigError(f"unknown device {cfg.device!r}; valid choices: {', '.join(DEVICES)}")
     agent = cfg.agent
+    bounds = [
+        ("total_steps", cfg.total_steps, ">= 1"),
+        ("agent.num_envs", agent.num_envs, ">= 1"),
+        ("agent.rollout_length", agent.rollout_length, ">= 1"),
+        ("agent.update_epochs", agent.update_epochs, ">= 1"),
+        ("memory.hidden_dim", cfg.memory.hidden_dim, ">= 1"),
+        ("eval.num_envs", cfg.eval.num_envs, ">= 1"),
+        ("eval.episodes", cfg.eval.episodes, ">= 1"),
+        ("keep_checkpoints", cfg.keep_checkpoints, ">= 1"),
+        ("agent.sequence_length", agent.sequence_length, ">= 0"),
+        ("eval.interval", cfg.eval.interval, ">= 0"),
+        ("checkpoint_interval", cfg.checkpoint_interval, ">= 0"),
+        ("cpu_threads", cfg.cpu_threads, ">= 0"),
+        ("agent.learning_rate", agent.learning_rate, "> 0"),
+        ("agent.gamma", agent.gamma, "in [0, 1]"),
+        ("agent.gae_lambda", agent.gae_lambda, "in [0, 1]"),
+        ("agent.clip_coef", agent.clip_coef, "> 0"),
+        ("agent.ent_coef", agent.ent_coef, ">= 0"),
+        ("agent.vf_coef", agent.vf_coef, ">= 0"),
+        ("agent.max_grad_norm", agent.max_grad_norm, "> 0"),
+    ]
+    if agent.target_kl is not None:
+        bounds.append(("agent.target_kl", agent.target_kl, "> 0"))
+    for key, value, bound in bounds:
+        if not BOUNDS[bound](value):  # nan fails every bound
+            raise ConfigError(f"{key} must be {bound}, got {value}")
     sequence_length = agent.sequence_length or agent.rollout_length
     if agent.rollout_length % sequence_length:
         raise ConfigError(
@@ -164,24 +238,3 @@ def validate(cfg: TrainConfig) -> None:
             f"agent.num_minibatches={agent.num_minibatches} must divide the number of training sequences "
             f"per rollout ({num_sequences} = num_envs x rollout_length / sequence_length)"
         )
-    positive = {
-        "total_steps": cfg.total_steps,
-        "agent.num_envs": agent.num_envs,
-        "agent.rollout_length": agent.rollout_length,
-        "agent.update_epochs": agent.update_epochs,
-        "memory.hidden_dim": cfg.memory.hidden_dim,
-        "eval.num_envs": cfg.eval.num_envs,
-        "eval.episodes": cfg.eval.episodes,
-        "keep_checkpoints": cfg.keep_checkpoints,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    non_negative = {
-        "eval.interval": cfg.eval.interval,
-        "checkpoint_interval": cfg.checkpoint_interval,
-        "cpu_threads": cfg.cpu_threads,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
