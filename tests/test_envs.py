@@ -3,10 +3,12 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 
 import hqlt.envs
 from hqlt.envs import describe_space
+from hqlt.envs.tmaze import RIGHT, UP
 
 SMALL_KWARGS = {"hqlt/PassiveVisualMatch-v0": {"distractor_steps": 20}}
 
@@ -62,7 +64,7 @@ def test_same_step_autoreset_final_obs_and_episode_stats(asynchronous):
         for i in np.flatnonzero(done):
             assert truncated[i] and not terminated[i]
             assert info["final_obs"][i].shape == (4,) and not np.array_equal(info["final_obs"][i], obs[i])
-            assert info["episode"]["return"][i] == returns[i] and info["episode"]["length"][i] == lengths[i] == 7
+            assert info["episode"]["r"][i] == returns[i] and info["episode"]["l"][i] == lengths[i] == 7
             assert np.isnan(info["episode"]["success"][i])
             returns[i], lengths[i] = 0.0, 0
             ends += 1
@@ -91,6 +93,77 @@ def test_episode_success_for_envs_that_define_it():
         _, _, terminated, truncated, info = venv.step(np.array([0, 1]))  # turning in place never succeeds
     assert info["_episode"].all() and (info["episode"]["success"] == 0.0).all()
     venv.close()
+
+
+def test_cleanrl_style_loop_reads_gymnasiums_episode_keys():
+    """CleanRL logs info["episode"]["r"/"l"/"t"] of the envs marked in info["_episode"]: make_vector
+    reports them as gymnasium's vector RecordEpisodeStatistics does, plus "success"."""
+    venv = hqlt.envs.make_vector("hqlt/TMazePassive-v0", 3, seed=0, corridor_length=2)
+    venv.reset()
+    returns, lengths, episodes = np.zeros(3), np.zeros(3, dtype=int), 0
+    for _ in range(20):
+        _, reward, terminated, truncated, infos = venv.step(venv.action_space.sample())
+        returns += reward
+        lengths += 1
+        if "episode" in infos:
+            stats = infos["episode"]
+            assert set(stats) == {"r", "l", "t", "success"}
+            dtypes = [stats[key].dtype for key in ("r", "l", "t", "success")]
+            assert dtypes == [np.float64, np.int64, np.float64, np.float64]  # as gymnasium's wrapper
+            for i in np.flatnonzero(infos["_episode"]):
+                assert stats["r"][i] == pytest.approx(returns[i]) and stats["l"][i] == lengths[i]
+                assert stats["t"][i] > 0.0 and stats["success"][i] in (0.0, 1.0)
+                episodes += 1
+        done = terminated | truncated
+        returns[done], lengths[done] = 0.0, 0
+    assert episodes >= 3 * (20 // 3)  # the horizon is 3 steps
+    venv.close()
+
+
+def test_gymnasiums_record_episode_statistics_wraps_an_hqlt_env():
+    """CleanRL's make_env: gym.wrappers.RecordEpisodeStatistics(env) around hqlt.envs.make, alone and in
+    a NEXT_STEP (gymnasium's default) vector env; the success is in info["success"] at episode end."""
+    env = gym.wrappers.RecordEpisodeStatistics(hqlt.envs.make("hqlt/TMazePassive-v0", corridor_length=2))
+    env.reset(seed=0)
+    for action in (RIGHT, RIGHT, UP):  # on schedule to the junction, then up: no penalty
+        _, reward, terminated, _, info = env.step(action)
+    assert terminated and info["success"] in (0.0, 1.0)
+    assert info["episode"]["r"] == reward == info["success"] and info["episode"]["l"] == 3
+    cartpole = gym.wrappers.RecordEpisodeStatistics(hqlt.envs.make("CartPole-v1", max_episode_steps=2))
+    cartpole.reset(seed=0)
+    cartpole.step(0)
+    *_, truncated, info = cartpole.step(1)
+    assert truncated and info["episode"]["l"] == 2 and np.isnan(info["success"])  # CartPole defines no success
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: gym.wrappers.RecordEpisodeStatistics(hqlt.envs.make("hqlt/TMazePassive-v0", corridor_length=2))] * 2
+    )
+    venv.reset(seed=0)
+    for _ in range(3):
+        *_, infos = venv.step(np.full(2, RIGHT))
+    assert infos["_episode"].all() and (infos["episode"]["l"] == 3).all()
+    np.testing.assert_allclose(infos["episode"]["r"], -0.5)  # a step behind schedule at the end: penalty 1/2
+    venv.close()
+
+
+@pytest.mark.parametrize("vectorization", ["gymnasium", "batched"])
+def test_episode_statistics_have_gymnasiums_keys_in_both_vectorizations(vectorization):
+    """Batched envs report the same keys as tensors: "t" is nan there (seconds would need the host clock)."""
+    envs = hqlt.envs.make_envs("hqlt/TMazePassive-v0", 2, 0, vectorization=vectorization, corridor_length=2)
+    envs.reset(seed=0)
+    actions = np.full(2, RIGHT) if vectorization == "gymnasium" else torch.full((2,), RIGHT)
+    for _ in range(3):
+        *_, info = envs.step(actions)
+    stats = info["episode"]
+    assert set(stats) == {"r", "l", "t", "success"} and info["_episode"].all()
+    assert stats["r"].tolist() == [-0.5, -0.5] and stats["l"].tolist() == [3, 3]  # a step behind at the end
+    assert stats["success"].tolist() == [0.0, 0.0]
+    if vectorization == "batched":
+        dtypes = [torch.float32, torch.int64, torch.float32, torch.float32]
+        assert [stats[key].dtype for key in ("r", "l", "t", "success")] == dtypes
+        assert stats["t"].isnan().all()
+    else:
+        assert (stats["t"] > 0.0).all()
+    envs.close()
 
 
 def test_describe_space_kinds():

@@ -1,5 +1,6 @@
 """Memory tasks: T-Maze (passive/active) solved by a scripted memory policy, not by a memoryless one."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -8,8 +9,9 @@ from hqlt.envs.tmaze import DOWN, LEFT, RIGHT, UP
 
 
 def _tmaze_episodes(env_id: str, corridor_length: int, episodes: int, remember: bool, seed: int = 0):
-    """Runs a scripted policy; with remember=False it turns up at the junction whatever the cue."""
-    env = hqlt.envs.make(env_id, corridor_length=corridor_length)
+    """Runs a scripted policy; with remember=False it turns up at the junction whatever the cue.
+    Returns each episode's gymnasium statistics (r, l, t) and success."""
+    env = gym.wrappers.RecordEpisodeStatistics(hqlt.envs.make(env_id, corridor_length=corridor_length))
     active = env_id.endswith("Active-v0")
     stats = []
     obs, _ = env.reset(seed=seed)
@@ -28,7 +30,7 @@ def _tmaze_episodes(env_id: str, corridor_length: int, episodes: int, remember: 
             if cue_up is None and obs[:2].any():
                 cue_up = obs[0] == 1.0
             if terminated or truncated:
-                stats.append(info["episode"])
+                stats.append({**info["episode"], "success": info["success"]})
                 obs, _ = env.reset()
                 break
     return stats
@@ -40,9 +42,9 @@ def test_tmaze_scripted_memory_policy_always_succeeds(env_id, corridor_length):
     stats = _tmaze_episodes(env_id, corridor_length, episodes=20, remember=True)
     assert all(s["success"] == 1.0 for s in stats)
     # the optimal policy is never behind schedule: no penalty, return is exactly the goal reward
-    assert all(s["return"] == pytest.approx(1.0) for s in stats)
+    assert all(s["r"] == pytest.approx(1.0) for s in stats)
     horizon = corridor_length + (3 if env_id.endswith("Active-v0") else 1)
-    assert all(s["length"] == horizon for s in stats)
+    assert all(s["l"] == horizon for s in stats)
 
 
 @pytest.mark.parametrize("env_id", ["hqlt/TMazePassive-v0", "hqlt/TMazeActive-v0"])
@@ -63,7 +65,7 @@ def test_tmaze_cue_only_at_oracle_and_penalty_when_idle():
         obs, reward, terminated, truncated, info = env.step(RIGHT)
     # the horizon (corridor_length + 1 steps) ends the episode before the agent can turn
     assert obs[2] == 1.0 and terminated and not truncated
-    assert info["episode"]["success"] == 0.0
+    assert info["success"] == 0.0
 
 
 def test_tmaze_active_cue_is_fetched_one_step_behind_start():
@@ -113,14 +115,16 @@ def _visual_match_episode(env, obs, distractor_steps: int, remember: bool, rng: 
         if wanted is None or _door_above(obs) == wanted:
             obs, _, terminated, _, info = env.step(vm.UP)
             assert terminated
-            return info["episode"]
+            return {**info["episode"], "success": info["success"]}
     raise AssertionError("the cue colour is none of the doors")
 
 
 @pytest.mark.parametrize("remember", [True, False])
 def test_visual_match_scripted_policies(remember):
     distractor_steps = 25
-    env = hqlt.envs.make("hqlt/PassiveVisualMatch-v0", distractor_steps=distractor_steps)
+    env = gym.wrappers.RecordEpisodeStatistics(
+        hqlt.envs.make("hqlt/PassiveVisualMatch-v0", distractor_steps=distractor_steps)
+    )
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     stats = []
@@ -130,7 +134,7 @@ def test_visual_match_scripted_policies(remember):
     success = np.array([s["success"] for s in stats])
     if remember:
         assert (success == 1.0).all()
-        assert all(s["return"] >= 100.0 for s in stats)
+        assert all(s["r"] >= 100.0 for s in stats)
     else:  # always the middle door: chance level
         assert 0.2 < success.mean() < 0.47
 

@@ -26,6 +26,7 @@ from torch.utils import _pytree as pytree
 
 from hqlt.agents.policy import Policy
 from hqlt.envs import BatchedEnv
+from hqlt.envs.wrappers import EPISODE_LENGTH, EPISODE_RETURN, EPISODE_SUCCESS
 from hqlt.kernels.cuda_graph import CapturedStep
 from hqlt.memory import State
 
@@ -132,14 +133,15 @@ class EpisodeStats:
     successes: list[float]
 
     def extend(self, info: dict) -> None:
-        """Adds the episodes marked in info["_episode"] (hqlt.envs' EpisodeStats convention), from
-        numpy arrays or tensors of any shape."""
+        """Adds the episodes marked in info["_episode"] (gymnasium's keys in info["episode"], see
+        hqlt.envs.wrappers), from numpy arrays or tensors of any shape."""
         if "episode" not in info:
             return
         done = _host(info["_episode"])
-        self.returns += _host(info["episode"]["return"])[done].tolist()
-        self.lengths += _host(info["episode"]["length"])[done].tolist()
-        self.successes += _host(info["episode"]["success"])[done].tolist()
+        episode = info["episode"]
+        self.returns += _host(episode[EPISODE_RETURN])[done].tolist()
+        self.lengths += _host(episode[EPISODE_LENGTH])[done].tolist()
+        self.successes += _host(episode[EPISODE_SUCCESS])[done].tolist()
 
 
 def _host(values: np.ndarray | Tensor) -> np.ndarray:

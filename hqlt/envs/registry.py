@@ -1,7 +1,8 @@
-"""Env families, our gymnasium registrations, and the two factories `make` and `make_vector`.
+"""Env families, our gymnasium registrations, and the factories `make`, `make_vector` and `make_envs`.
 
 Every env reachable through `make` is listed in ENV_IDS; its observations are of a contract kind
-(see hqlt.envs.spaces) and its episode statistics are in info["episode"] at episode end.
+(see hqlt.envs.spaces), and it reports info["success"] at episode end (gymnasium's
+RecordEpisodeStatistics adds return, length and time; make_vector records all four in info["episode"]).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def make_vector(
     repeats the same episodes; the batched action space is seeded too. When an episode ends the
     returned obs is the next episode's first obs and the finished episode's last obs is in
     info["final_obs"] (mask info["_final_obs"]), so resets[t] = terminated[t-1] | truncated[t-1].
-    Episode statistics: info["episode"] = {"return", "length", "success"} arrays [N], mask info["_episode"].
+    Episode statistics: info["episode"] = {"r", "l", "t", "success"} arrays [N] (gymnasium's keys), mask
+    info["_episode"].
     asynchronous: one subprocess per env (gymnasium AsyncVectorEnv) instead of stepping in turn.
     """
     require_int("num_envs", num_envs, 1)

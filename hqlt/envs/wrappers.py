@@ -12,9 +12,14 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 from hqlt.envs.checks import require_probability
 from hqlt.envs.spaces import describe_space, to_contract_space
+
+# The keys of info["episode"]: gymnasium's RecordEpisodeStatistics (return, length, seconds) and
+# ours, the episode's success (nan in envs that do not define one).
+EPISODE_RETURN, EPISODE_LENGTH, EPISODE_TIME, EPISODE_SUCCESS = "r", "l", "t", "success"
 
 
 class _SeededObservationWrapper(gym.ObservationWrapper):
@@ -73,7 +78,7 @@ class MiniGridView(gym.Wrapper):
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
-            info = {**info, "success": float(terminated and reward > 0)}
+            info = {**info, EPISODE_SUCCESS: float(terminated and reward > 0)}
         return obs["image"], reward, terminated, truncated, info
 
 
@@ -229,56 +234,45 @@ class PreviousActionReward(gym.Wrapper):
 
 
 class EpisodeStats(gym.Wrapper):
-    """At episode end puts info["episode"] = {"return": float, "length": int, "success": float}.
+    """The episode statistic that gymnasium's RecordEpisodeStatistics lacks: info["success"] (float)
+    at every episode end.
 
-    "success" is the last info["success"] the env reported during the episode, else `success_default`
-    (0.0 for envs that define success, so a time-limit truncation counts as failure; nan otherwise).
+    It is the last info["success"] the env reported during the episode, else `success_default` (0.0
+    for envs that define success, so that a time-limit truncation counts as a failure; nan otherwise).
+    Return, length and time are left to gymnasium's RecordEpisodeStatistics, which asserts that
+    info["episode"] is free: wrap a single env in it; `make_vector` applies LiftEpisodeStats.
     """
 
     def __init__(self, env: gym.Env, success_default: float = float("nan")) -> None:
         super().__init__(env)
         self.success_default = float(success_default)
-        self._start_episode()
-
-    def _start_episode(self) -> None:
-        self._return = 0.0
-        self._length = 0
         self._success = self.success_default
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self._start_episode()
+        self._success = self.success_default
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        self._return += float(reward)
-        self._length += 1
-        if "success" in info:
-            self._success = float(info["success"])
+        self._success = float(info.get(EPISODE_SUCCESS, self._success))
         if terminated or truncated:
-            info = {**info, "episode": {"return": self._return, "length": self._length, "success": self._success}}
-            self._start_episode()
+            info = {**info, EPISODE_SUCCESS: self._success}
+            self._success = self.success_default
         return obs, reward, terminated, truncated, info
 
 
-class LiftEpisodeStats(gym.vector.VectorWrapper):
-    """Moves the episode statistics of finished episodes to info["episode"] / info["_episode"].
+class LiftEpisodeStats(RecordEpisodeStatistics):
+    """gymnasium's vector RecordEpisodeStatistics plus the success of every finished episode.
 
-    With SAME_STEP autoreset the info of an episode's last step is nested in info["final_info"]; this
-    gives the contract's flat view: info["episode"] = {"return": float [N], "length": int [N],
-    "success": float [N]} with mask info["_episode"] (bool [N]).
+    At steps where an episode ended: info["episode"] = {"r": float64 [N] (return), "l": int64 [N]
+    (length), "t": float64 [N] (seconds since the episode began), "success": float64 [N]} with mask
+    info["_episode"] (bool [N]); outside the mask r, l, t are 0 and success is nan. With SAME_STEP
+    autoreset an episode's last info (where EpisodeStats put its success) is in info["final_info"].
     """
 
     def step(self, actions: Any):
-        obs, rewards, terminations, truncations, infos = self.env.step(actions)
-        final = infos.get("final_info", {})
-        if "episode" in final:
-            mask = final["_episode"] & infos["_final_info"]
-            stats = final["episode"]
-            infos["episode"] = {
-                "return": np.where(mask, stats["return"], 0.0).astype(np.float64),
-                "length": np.where(mask, stats["length"], 0).astype(np.int64),
-                "success": np.where(mask, stats["success"], np.nan).astype(np.float64),
-            }
-            infos["_episode"] = mask
+        obs, rewards, terminations, truncations, infos = super().step(actions)
+        if "episode" in infos:
+            success = infos["final_info"][EPISODE_SUCCESS]
+            infos["episode"][EPISODE_SUCCESS] = np.where(infos["_episode"], success, np.nan).astype(np.float64)
         return obs, rewards, terminations, truncations, infos

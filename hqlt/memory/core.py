@@ -3,7 +3,9 @@
 A core maps `x [B, T, input_dim]` and a state to `y [B, T, hidden_dim]` and the next state, with
 `resets [B, T]` marking episode starts. T == 1 is step mode, T > 1 sequence mode; both give the
 same results. The state is a flat dict of batch-first tensors, so that a learner can index, store,
-detach and `torch.save` it without knowing the core.
+detach and `torch.save` it without knowing the core (`state_batch_size(state)` is its B). Entries
+may be bool or int64 (a KV ring's valid slots and write position), so finished episodes are cleared
+with `reset_state`, not by multiplying the state; `forward` checks every entry's dtype and shape.
 
     y, new_state = core(x, state, resets)                 # functional: `state` stays as it was
     y, state = core(x, state, resets, in_place=True)      # the tensors of `state` now hold the new state
@@ -42,7 +44,7 @@ class MemoryCore(nn.Module, ABC):
         self.hidden_dim = hidden_dim
         self.record_diagnostics = False
         self.last_diagnostics: dict[str, float] = {}
-        self._state_shapes: dict[str, tuple[int, ...]] | None = None
+        self._state_specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None  # (dtype, shape[1:]) per entry
 
     @abstractmethod
     def initial_state(
@@ -89,7 +91,9 @@ class MemoryCore(nn.Module, ABC):
         return y, new_state
 
     def reset_state(self, state: Mapping[str, Tensor], done: Tensor) -> State:
-        """Set the rows where `done` (bool `[B]`) is true to a fresh episode's state; other rows are kept."""
+        """Set the rows where `done` (bool `[B]`) is true to a fresh episode's state; other rows are kept.
+
+        What `(1 - done) * state` does for an LSTM, for every core: it keeps bool/int64 entries as they are."""
         batch_size = self._check_state(state)
         if not isinstance(done, Tensor) or done.dtype != torch.bool or tuple(done.shape) != (batch_size,):
             raise ValueError(f"done must be a bool tensor of shape [{batch_size}] (the state's batch size), got {_describe(done)}")
@@ -116,26 +120,52 @@ class MemoryCore(nn.Module, ABC):
             raise ValueError(f"the state holds {batch_size} rows but x has batch size {x.shape[0]}")
 
     def _check_state(self, state: Mapping[str, Tensor]) -> int:
-        """Check that `state` belongs to this core; returns its batch size."""
-        if self._state_shapes is None:
-            self._state_shapes = {name: tuple(value.shape[1:]) for name, value in self.initial_state(1, device="meta").items()}
+        """Check that `state` belongs to this core (entries, dtypes, shapes); returns its batch size."""
+        if self._state_specs is None:
+            self._state_specs = {
+                name: (value.dtype, tuple(value.shape[1:]))
+                for name, value in self.initial_state(1, device="meta").items()
+            }
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict of tensors from initial_state, got {type(state).__name__}")
-        missing = sorted(self._state_shapes.keys() - state.keys())
-        extra = sorted(state.keys() - self._state_shapes.keys())
+        missing = sorted(self._state_specs.keys() - state.keys())
+        extra = sorted(state.keys() - self._state_specs.keys())
         if missing or extra:
             raise ValueError(
                 f"state does not belong to this {type(self).__name__}: missing keys {missing}, unexpected keys {extra}; "
-                f"expected keys {sorted(self._state_shapes)}"
+                f"expected keys {sorted(self._state_specs)}"
             )
-        batch_sizes = {value.shape[0] if value.dim() else None for value in state.values()}
-        if len(batch_sizes) != 1 or None in batch_sizes:
-            raise ValueError(f"state tensors must share one batch size (dim 0), got {_shapes(state)}")
-        batch_size = batch_sizes.pop()
-        for name, shape in self._state_shapes.items():
-            if tuple(state[name].shape[1:]) != shape:
-                raise ValueError(f"state[{name!r}] must have shape [B, {', '.join(map(str, shape))}], got {list(state[name].shape)}")
-        return batch_size
+        for name, (dtype, shape) in self._state_specs.items():
+            _check_entry(name, state[name], dtype, shape)
+        return state_batch_size(state)
+
+
+def state_batch_size(state: Mapping[str, Tensor]) -> int:
+    """The batch size B of a core's state (a dict of tensors `[B, ...]`): the first dim of every entry."""
+    batch_sizes = {value.shape[0] if isinstance(value, Tensor) and value.dim() else None for value in state.values()}
+    if len(batch_sizes) != 1 or None in batch_sizes:
+        raise ValueError(f"state entries must be tensors sharing one batch size (dim 0), got {_shapes(state)}")
+    return batch_sizes.pop()
+
+
+def _check_entry(name: str, value: object, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """`value` is a tensor `[B, *shape]` of `dtype` (of any floating dtype where `dtype` is one)."""
+    expected = f"[B{''.join(f', {size}' for size in shape)}]"
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state[{name!r}] must be a tensor {expected}, got {type(value).__name__}")
+    if dtype.is_floating_point and not value.is_floating_point():
+        raise TypeError(f"state[{name!r}] must be a floating-point tensor {expected}, got {value.dtype}")
+    if not dtype.is_floating_point and value.dtype != dtype:
+        # The likely cause: an RL loop clearing finished episodes as CleanRL does, (1 - done) * state.
+        hint = (
+            ": arithmetic masking such as (1 - done) * state turns bool and int64 entries into floats; "
+            "clear finished episodes with core.reset_state(state, done)"
+            if value.is_floating_point()
+            else ""
+        )
+        raise TypeError(f"state[{name!r}] must be a {dtype} tensor {expected}, got {value.dtype}{hint}")
+    if tuple(value.shape[1:]) != shape:
+        raise ValueError(f"state[{name!r}] must have shape {expected}, got {list(value.shape)}")
 
 
 def _describe(value: object) -> str:
@@ -144,5 +174,5 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _shapes(state: Mapping[str, Tensor]) -> str:
-    return ", ".join(f"{name}: {list(value.shape)}" for name, value in state.items())
+def _shapes(state: Mapping[str, object]) -> str:
+    return ", ".join(f"{name}: {_describe(value)}" for name, value in state.items())

@@ -12,8 +12,9 @@ and `draw_episodes()`, the random parameters (cue, deck order, initial pole stat
 each row starts next. Everything else, the gymnasium vector-env semantics of `hqlt.envs.make_vector`,
 lives here once: SAME_STEP autoreset (the obs returned for a finished row is its next episode's first
 obs; the last one is in info["final_obs"], valid where info["_final_obs"]), the time limit
-(`max_episode_steps`, truncation) and the episode statistics (info["episode"] = {"return", "length",
-"success"} [N], valid where info["_episode"]).
+(`max_episode_steps`, truncation) and the episode statistics (info["episode"] with gymnasium's keys:
+"r" float32 [N], "l" int64 [N], "t" float32 [N] nan (not measured), "success" float32 [N]; valid
+where info["_episode"]).
 
 Two rules make `step` capturable in a CUDA graph together with a policy step: no host synchronisation
 (no `.item()`, no boolean indexing, no data-dependent shapes) and every state tensor allocated once in
@@ -34,6 +35,8 @@ import gymnasium as gym
 import torch
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
+
+from hqlt.envs.wrappers import EPISODE_LENGTH, EPISODE_RETURN, EPISODE_SUCCESS, EPISODE_TIME
 
 _UINT32 = 0xFFFFFFFF
 
@@ -195,9 +198,11 @@ class BatchedEnv:
             "final_obs": self._observe(),
             "_final_obs": done,
             "episode": {
-                "return": torch.where(done, self.episode_return, 0.0),
-                "length": torch.where(done, self.elapsed, 0),
-                "success": torch.where(done, success, math.nan),
+                EPISODE_RETURN: torch.where(done, self.episode_return, 0.0),
+                EPISODE_LENGTH: torch.where(done, self.elapsed, 0),
+                # Seconds would need the host clock: a synchronisation, and a replayed graph runs no Python.
+                EPISODE_TIME: torch.full_like(reward, math.nan),
+                EPISODE_SUCCESS: torch.where(done, success, math.nan),
             },
             "_episode": done,
         }
