@@ -76,9 +76,9 @@ def env_only_sps(task: str, num_envs: int, vectorization: str, device: torch.dev
 
 
 def end_to_end(task: str, core: str, num_envs: int, vectorization: str, device: torch.device, updates: int,
-               log_dir: str) -> dict[str, float]:
+               log_dir: str, profile: bool = False) -> dict[str, float]:
     """PPO steps/s of `updates` updates after a warm-up one, and the seconds per update spent acting
-    (collecting the rollout) and updating."""
+    (collecting the rollout) and updating; `profile` prints the profiler's top kernels of one more update."""
     env_id, kwargs = TASKS[task]
     cfg = compose(
         [
@@ -111,6 +111,14 @@ def end_to_end(task: str, core: str, num_envs: int, vectorization: str, device: 
         if update > 0:  # the first update captures graphs and compiles kernels
             acting += collected - start
             updating += time.perf_counter() - collected
+    if profile:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profiler:
+            ppo_update(trainer.policy, trainer.optimizer, rollout, cfg.agent, trainer.generator)
+            sync(device)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(f"{task} {core} {num_envs} envs, one update:\n"
+              + profiler.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70), flush=True)
     trainer.writer.close()
     steps = updates * num_envs * ROLLOUT_LENGTH
     return {"sps": steps / (acting + updating), "acting": acting / updates, "update": updating / updates}
@@ -126,6 +134,7 @@ def main() -> None:
     parser.add_argument("--gymnasium-cores", default="lstm,hqlt")
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--env-seconds", type=float, default=1.0)
+    parser.add_argument("--profile", action="store_true", help="print the profiler's top kernels of an update per run")
     parser.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     parser.add_argument("--section", default=None, help="RESULTS.md section (default: by device)")
     args = parser.parse_args()
@@ -152,7 +161,7 @@ def main() -> None:
             for core in cores:
                 runs = [("batched", n) for n in sizes] + [("gymnasium", n) for n in gym_sizes if core in gym_cores]
                 for vectorization, n in runs:
-                    result = end_to_end(task, core, n, vectorization, device, args.updates, log_dir)
+                    result = end_to_end(task, core, n, vectorization, device, args.updates, log_dir, args.profile)
                     e2e_rows.append([task, core, vectorization, n, f"{result['sps']:,.0f}",
                                      f"{result['acting']:.3f}", f"{result['update']:.3f}"])
                     print(*e2e_rows[-1], sep=" | ", flush=True)
