@@ -49,8 +49,6 @@ PAPER_CORES = {
     "lstm": ["memory=lstm"],
 }
 PRESET_CORES = {core: [f"memory={core}"] for core in ("hqlt", "transformer", "deltanet", "lstm", "gru")}
-# Learner defaults everywhere: the env presets' own entropy bonus is reset to the default.
-DEFAULTS = ["agent.ent_coef=0.01"]
 SUITES = {
     "visual_match_750": {"tasks": {"visual_match_750": ["experiment=visual_match_750"]}, "cores": PAPER_CORES},
     "tmaze_passive_1000": {
@@ -67,10 +65,10 @@ SUITES = {
         "tasks": {
             "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=1024"],
             "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=1024"],
-            "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", *DEFAULTS,
-                                  "agent.num_envs=512", "agent.rollout_length=101"],
-            "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", *DEFAULTS,
-                                   "agent.num_envs=256", "agent.rollout_length=1001"],
+            "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
+                                  "agent.rollout_length=101"],
+            "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=256",
+                                   "agent.rollout_length=1001"],
         },
         "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
     },

@@ -11,7 +11,6 @@ def test_lstm_learns_passive_tmaze_6_with_default_coefficients_on_a_batched_env(
         [
             "memory=lstm",
             "env.kwargs.corridor_length=6",
-            "agent.ent_coef=0.01",  # the learner's default, not the env preset's
             "total_steps=120000",
             "eval.episodes=32",
             "checkpoint_interval=0",
