@@ -108,7 +108,9 @@ def run_all(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, tim
 
 def summarize_task(task: str, task_dir: Path, out_dir: Path) -> list[list[object]]:
     """Curves (PNG) and one table row per core of the runs under task_dir/<core>/<run>/."""
-    runs = load_runs(task_dir)
+    runs, notes = load_runs(task_dir)
+    for note in notes:
+        print(note)
     if not runs:
         return []
     plot(runs, "episode", out_dir, task)
