@@ -4,6 +4,7 @@
     hqlt-train memory=lstm env=repeat_previous_easy total_steps=1_000_000
     hqlt-train -m memory=lstm,gru,transformer,deltanet,hqlt seed=0,1,2
     hqlt-train resume=runs/<env>/<core>/<run>/checkpoints/<step>.pt
+    torchrun --standalone --nproc_per_node=4 -m hqlt.train ...   # 4 processes (GPUs), one run
     python -m hqlt.compare runs/<env>            # learning curves and a final-score table
     python -m hqlt.evaluate <checkpoint>         # return, success and length of a trained agent
 
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hqlt.agents import TrainingError, train
+from hqlt.agents import TrainingError, distributed, train
 from hqlt.agents.checkpoint import CheckpointError
 from hqlt.agents.trainer import TrainingInterrupted
 from hqlt.configs import ConfigError, check_overrides, register_schemas, resumed_config, to_train_config
@@ -59,6 +60,7 @@ def main() -> None:
         run()
     except TrainingInterrupted as interrupted:  # the trainer has printed where the checkpoint is
         sys.exit(interrupted.exit_code)
+    distributed.shutdown()  # under torchrun: leave the process group before a clean exit
 
 
 if __name__ == "__main__":

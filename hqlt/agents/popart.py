@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hqlt.agents import distributed
+
 # Weight of each update's targets in the running statistics (about the last 20 updates).
 STATS_WEIGHT = 0.05
 MIN_STD = 1e-4
@@ -42,13 +44,15 @@ class PopArt(nn.Linear):
 
     @torch.no_grad()
     def update(self, targets: Tensor) -> None:
-        """Moves the statistics towards those of `targets` (any shape); later updates keep the outputs."""
+        """Moves the statistics towards those of `targets` (any shape, the same on every rank) of all
+        ranks together, so that every rank keeps the same statistics; later updates keep the outputs."""
         old_mean, old_std, first = self.mean.clone(), self.std, self.kept == 1.0
+        mean, mean_square = distributed.all_reduce_mean(torch.stack([targets.mean(), (targets**2).mean()]))
         # bias-corrected exponential average: the first update's weight is 1, replacing the initial (0, 1)
         self.kept.mul_(1.0 - STATS_WEIGHT)
         weight = STATS_WEIGHT / (1.0 - self.kept)
-        self.mean.lerp_(targets.mean(), weight)
-        self.mean_square.lerp_((targets**2).mean(), weight)
+        self.mean.lerp_(mean, weight)
+        self.mean_square.lerp_(mean_square, weight)
         # An untrained critic's outputs are not worth keeping: preserved through a small first std they
         # would become huge normalised errors (a value gradient 150x the policy's on T-Maze 20).
         self.weight.mul_(torch.where(first, 1.0, old_std / self.std))

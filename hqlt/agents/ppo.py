@@ -3,15 +3,23 @@
 The learner re-runs the memory core in sequence mode over whole env rows (or the stored shorter
 training sequences), from the detached state stored at each sequence start and with the stored
 resets, so that it sees exactly what the actor saw.
+
+Across ranks (hqlt.agents.distributed) the update is that of the union of the ranks' rollouts: every
+rank draws the same minibatch order from the same generator state, so that minibatch k is the union
+of the ranks' k-th minibatches, and the value statistics, the advantage normalisation, the
+gradients, the non-finite check, the early stop and the logged statistics are all taken over the
+ranks together; the parameters stay the same on every rank.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 
 import torch
 from torch import Tensor, nn
 
+from hqlt.agents import distributed
 from hqlt.agents.policy import Policy
 from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
 from hqlt.configs.schema import PPOConfig
@@ -75,7 +83,8 @@ def ppo_update(
     cfg: PPOConfig,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """One PPO update on a rollout; returns the mean of each loss and diagnostic over minibatches."""
+    """One PPO update on a rollout; returns the mean of each loss and diagnostic over minibatches and
+    ranks (the replay error: the maximum)."""
     advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
     if cfg.normalize_values:  # before the epochs; the acting values stay valid (PopArt keeps outputs)
         policy.value_layer.update(returns)
@@ -106,7 +115,8 @@ def ppo_update(
             # 3. Clipped policy loss on (normalised) advantages.
             adv = batch.advantages
             if cfg.normalize_advantages:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                adv_mean, adv_std = distributed.mean_std(adv)
+                adv = (adv - adv_mean) / (adv_std + 1e-8)
             policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
             # 4. Value loss in normalised units (std 1 without normalize_values), optionally clipped
@@ -136,10 +146,12 @@ def ppo_update(
                 stats["policy_grad_norm"].append(policy_grad_norm)
                 stats["value_grad_norm"].append(value_grad_norm)
 
-            # 7. Step with the gradient norm clipped; refuse to step on a NaN/inf loss or gradient (the
-            # update's one host synchronisation per minibatch).
+            # 7. Average the gradients over ranks, with the loss so that a NaN/inf loss on any rank stops
+            # every rank; step with the gradient norm clipped, but never on a NaN/inf loss or gradient
+            # (the update's one host synchronisation per minibatch).
+            ranks_loss = distributed.average_gradients(policy.parameters(), loss)
             grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            if not bool(torch.isfinite(ranks_loss) & torch.isfinite(grad_norm)):
                 raise NonFiniteLossError(
                     f"PPO loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
                     f"entropy {entropy_mean.item()}), gradient norm {grad_norm.item()}"
@@ -149,10 +161,11 @@ def ppo_update(
                                 ("entropy", entropy_mean), ("loss", loss)):
                 stats[name].append(value.detach())
 
-        if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
+        if cfg.target_kl is not None and distributed.all_reduce_mean(stats["approx_kl"][-1]) > cfg.target_kl:
             break
 
-    # Statistics stay on the device until here: one read-back per update.
+    # Statistics stay on the device until here: one read-back per update, then one gather over ranks.
     summary = dict(zip(stats, torch.stack([torch.stack(values).float().mean() for values in stats.values()]).tolist()))
     summary["explained_variance"] = explained_variance(rollout.values.flatten(), returns.flatten())
-    return summary
+    ranks = distributed.all_gather_objects(summary)
+    return {name: (max if name == "replay_error" else statistics.fmean)([r[name] for r in ranks]) for name in summary}

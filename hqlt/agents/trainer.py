@@ -10,6 +10,13 @@ counter), the same in model, optimiser and random streams only.
 Ctrl-C or SIGTERM finishes the current rollout or update, saves a checkpoint, closes the writer and
 raises TrainingInterrupted; a NaN or inf loss stops the run before the parameters change, keeping the
 last good checkpoint.
+
+Under torchrun (hqlt.agents.distributed) every rank steps envs of its own, seeded apart, and the PPO
+update averages over the ranks, so that every rank holds the same parameters; the run's counters,
+steps/s and episode statistics count all ranks' steps and episodes, and rank 0 alone writes the run
+directory. Its checkpoints hold rank 0's random streams and episodes: on resume rank 0 continues
+them exactly, and the other ranks start fresh episodes and streams seeded from the step counter (as
+gymnasium envs do). A stop (Ctrl-C, SIGTERM, a NaN loss) reaches every rank at the same update.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
-from hqlt.agents import metrics
+from hqlt.agents import distributed, metrics
 from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
@@ -41,6 +48,8 @@ from hqlt.memory import build_core, core_options
 
 # Evaluation envs draw their episodes from seeds far from the training envs'.
 EVAL_SEED_OFFSET = 1_000_000
+# Rank r seeds its training envs and random streams with seed + r * RANK_SEED_OFFSET (rank 0: seed).
+RANK_SEED_OFFSET = 10_000_000
 # Every DIAGNOSTIC_INTERVAL updates, DIAGNOSTIC_SEQUENCES sequences are replayed without gradients to
 # record the core's memory diagnostics.
 DIAGNOSTIC_INTERVAL, DIAGNOSTIC_SEQUENCES = 10, 8
@@ -73,6 +82,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch.device:
     """`auto` -> cuda when available, else cpu; `cuda` or `cuda:<index>` without that GPU is an error.
+    Under torchrun with several processes, each takes the GPU of its LOCAL_RANK (`cuda` or `auto`).
 
     Also sets torch's CPU thread count when `cpu_threads` > 0, whether fp32 matrix products on CUDA
     may use TF32, and the current CUDA device to `cuda:<index>` (process-wide torch settings).
@@ -82,13 +92,24 @@ def resolve_device(name: str, cpu_threads: int = 0, tf32: bool = False) -> torch
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type != "cuda":
         return device
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise ConfigError(f"device={name} but torch sees no CUDA device; use device=auto or device=cpu")
+    if distributed.launched():
+        if device.index is not None:
+            raise ConfigError(
+                f"device={name}: under torchrun each process takes cuda:LOCAL_RANK; give device=cuda or auto"
+            )
+        if distributed.local_rank() >= count:
+            raise ConfigError(
+                f"LOCAL_RANK={distributed.local_rank()} but torch sees {count} CUDA device(s) on this node: "
+                f"start at most {count} processes per node (--nproc_per_node)"
+            )
+        device = torch.device("cuda", distributed.local_rank())
     if device.index is not None:
         if device.index >= count:
             valid = ", ".join(["cuda", *(f"cuda:{index}" for index in range(count))])
@@ -104,7 +125,8 @@ def seed_everything(seed: int) -> None:
 
 
 def restart_seed(seed: int, global_step: int) -> int:
-    """Seed of the fresh episodes of gymnasium envs resumed from a checkpoint at `global_step`."""
+    """Seed of the fresh episodes (and, on ranks other than 0, random streams) of a run resumed from a
+    checkpoint at `global_step`."""
     return seed + global_step
 
 
@@ -178,13 +200,22 @@ def summarize(stats: EpisodeStats) -> dict[str, float]:
     }
 
 
+def merge_episodes(parts: list[EpisodeStats]) -> EpisodeStats:
+    """The episodes of all `parts` (e.g. one per rank) in one EpisodeStats, in order."""
+    fields = dataclasses.fields(EpisodeStats)
+    return EpisodeStats(**{f.name: [value for part in parts for value in getattr(part, f.name)] for f in fields})
+
+
 class SigintGuard:
     """Within the block, the first Ctrl-C or SIGTERM (what schedulers and `timeout` send before they
-    kill) only records its number in `signum`; a second one interrupts at once."""
+    kill) only records its number in `signum`; a second one interrupts at once if `escalate` (not
+    under torchrun, which passes signals on after its workers may have had them and kills them itself
+    after a grace period)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, escalate: bool = True) -> None:
+        self.escalate = escalate
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -193,9 +224,10 @@ class SigintGuard:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if not self.requested:
+            self.signum = signum
+        elif self.escalate:
             raise KeyboardInterrupt
-        self.signum = signum
 
     def __enter__(self) -> SigintGuard:
         try:
@@ -217,11 +249,13 @@ class Trainer:
         self.cfg = cfg
         agent = cfg.agent
         self.device = resolve_device(cfg.device, cfg.cpu_threads, cfg.tf32)
-        seed_everything(cfg.seed)
+        distributed.init(self.device)
+        self.seed = cfg.seed + distributed.rank() * RANK_SEED_OFFSET
+        seed_everything(self.seed)
         env_kwargs = dict(cfg.env.kwargs)
         try:
             vectorization = dict(device=self.device, vectorization=cfg.env.vectorization, asynchronous=cfg.async_envs)
-            self.envs = make_envs(cfg.env.id, agent.num_envs, cfg.seed, **vectorization, **env_kwargs)
+            self.envs = make_envs(cfg.env.id, agent.num_envs, self.seed, **vectorization, **env_kwargs)
             eval_envs = make_envs(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **vectorization, **env_kwargs)
             core = build_core(
                 cfg.memory.core, input_dim=agent.encoder_dim, hidden_dim=cfg.memory.hidden_dim, **cfg.memory.options
@@ -232,11 +266,11 @@ class Trainer:
         self.policy.to(self.device)
         # fused: one kernel per step for all parameters (on CPU a third of the foreach version's time)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5, fused=True)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the same minibatch order on every rank
         sequence_length = agent.sequence_length or agent.rollout_length
         self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture)
         self.eval_collector = Collector(self.policy, eval_envs, self.device, 1, 1, cfg.capture)
-        self.steps_per_update = agent.num_envs * agent.rollout_length
+        self.steps_per_update = agent.num_envs * agent.rollout_length * distributed.world_size()
         self.num_updates = math.ceil(cfg.total_steps / self.steps_per_update)
         self.update = 0
         self.global_step = 0
@@ -244,12 +278,17 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
         if cfg.resume:
-            self.run_dir = self._resume(Path(cfg.resume))
+            run_dir = self._resume(Path(cfg.resume))
         else:
-            self.collector.restart(cfg.seed)
-            self.run_dir = new_run_dir(cfg)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        self.writer = SummaryWriter(str(self.run_dir))
+            self.collector.restart(self.seed)
+            run_dir = new_run_dir(cfg) if distributed.is_main() else None
+        # Every config error is behind us: from here on the ranks meet in collectives.
+        self.run_dir: Path = distributed.broadcast_object(run_dir)
+        distributed.broadcast_module(self.policy)  # the ranks initialised theirs from their own seeds
+        self.writer: SummaryWriter | None = None  # rank 0's; the other ranks write nothing
+        if distributed.is_main():
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            self.writer = SummaryWriter(str(self.run_dir))
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_successes: deque[float] = deque(maxlen=100)
 
@@ -264,10 +303,11 @@ class Trainer:
         cfg = self.cfg
         start_time, start_step = time.perf_counter(), self.global_step
         bar = tqdm(total=self.num_updates * self.steps_per_update, initial=self.global_step, unit="step",
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=not (cfg.progress and distributed.is_main()), dynamic_ncols=True)
         try:
-            with SigintGuard() as sigint:
-                while self.update < self.num_updates and not sigint.requested:
+            with SigintGuard(escalate=not distributed.forwards_signals()) as sigint:
+                # A signal may reach the ranks at different times: all stop at the first update after it.
+                while self.update < self.num_updates and not any(distributed.all_gather_objects(sigint.requested)):
                     try:
                         self._train_one_update()
                     except NonFiniteLossError as error:
@@ -281,7 +321,7 @@ class Trainer:
                             break
                         raise
                     sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
-                    self.writer.add_scalar(metrics.SPS, sps, self.global_step)
+                    self._log({metrics.SPS: sps})
                     bar.update(self.steps_per_update)
                     bar.set_postfix(sps=f"{sps:.0f}", ret=self._recent(self.recent_returns), refresh=False)
                     if cfg.checkpoint_interval and self.update % cfg.checkpoint_interval == 0:
@@ -290,12 +330,14 @@ class Trainer:
                 self._checkpoint()
             if sigint.signum is not None:
                 interrupted = TrainingInterrupted(sigint.signum, self.last_checkpoint, self.global_step)
-                bar.write(str(interrupted))
+                if distributed.is_main():
+                    bar.write(str(interrupted))
                 raise interrupted
             summary = self._final_summary(time.perf_counter() - start_time, start_step)
         finally:
             bar.close()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.collector.envs.close()
             self.eval_collector.envs.close()
         return summary
@@ -308,22 +350,28 @@ class Trainer:
 
         rollout, episodes = self.collector.collect()
         self.global_step += self.steps_per_update
-        self._log_episodes(episodes)
+        self._log_episodes(merge_episodes(distributed.all_gather_objects(episodes)))
 
         stats = ppo_update(self.policy, self.optimizer, rollout, agent, self.generator)
         self.update += 1
-        for name, value in stats.items():
-            self.writer.add_scalar(metrics.UPDATE_TAGS[name], value, self.global_step)
-        self.writer.add_scalar(metrics.LEARNING_RATE, learning_rate, self.global_step)
-        if self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates:
-            for name, value in self._memory_diagnostics(rollout).items():
-                self.writer.add_scalar(metrics.MEMORY_PREFIX + name, value, self.global_step)
+        self._log({metrics.UPDATE_TAGS[name]: value for name, value in stats.items()})
+        self._log({metrics.LEARNING_RATE: learning_rate})
+        diagnose = self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates
+        if diagnose and self.writer is not None:  # of rank 0's rollout
+            diagnostics = self._memory_diagnostics(rollout)
+            self._log({metrics.MEMORY_PREFIX + name: value for name, value in diagnostics.items()})
 
         previous_step = self.global_step - self.steps_per_update
         if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:
             self._log_summary(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
 
     # ------------------------------------------------------------------ logging
+
+    def _log(self, scalars: dict[str, float]) -> None:
+        """Writes `scalars` (tag -> value) at the current step, on rank 0."""
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, self.global_step)
 
     def _log_episodes(self, episodes: EpisodeStats) -> None:
         if not episodes.returns:
@@ -334,10 +382,9 @@ class Trainer:
         self._log_summary(summary, metrics.EPISODE_RETURN, metrics.EPISODE_SUCCESS, metrics.EPISODE_LENGTH)
 
     def _log_summary(self, summary: dict[str, float], return_tag: str, success_tag: str, length_tag: str) -> None:
-        self.writer.add_scalar(return_tag, summary["return"], self.global_step)
-        self.writer.add_scalar(length_tag, summary["length"], self.global_step)
+        self._log({return_tag: summary["return"], length_tag: summary["length"]})
         if not math.isnan(summary["success"]):
-            self.writer.add_scalar(success_tag, summary["success"], self.global_step)
+            self._log({success_tag: summary["success"]})
 
     def _memory_diagnostics(self, rollout: Rollout) -> dict[str, float]:
         """The core's diagnostics over a few training sequences, replayed without gradients."""
@@ -372,11 +419,14 @@ class Trainer:
             "eval_length": final["length"],
         }
         self._log_summary(final, metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+        if self.writer is None:  # rank 0 reports the run
+            return summary
         self._write_hparams(final)
         cfg = self.cfg
+        processes = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
         print(
-            f"\n{cfg.env.name} / {cfg.memory.name} / seed {cfg.seed}: {self.global_step} steps in {seconds:.0f} s "
-            f"({summary['sps']:.0f} steps/s)\n"
+            f"\n{cfg.env.name} / {cfg.memory.name} / seed {cfg.seed}: {self.global_step} steps{processes} in "
+            f"{seconds:.0f} s ({summary['sps']:.0f} steps/s)\n"
             f"  final evaluation ({cfg.eval.episodes} episodes, {'greedy' if cfg.eval.greedy else 'sampled'}): "
             f"return {final['return']:.3f}, success {final['success']:.3f}, length {final['length']:.1f}\n"
             f"  last 100 training episodes: return {summary['train_return']:.3f}, "
@@ -412,22 +462,25 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _checkpoint(self) -> None:
+        """Rank 0 saves the run (model, optimiser and counters are the same on every rank) with its own
+        random streams and episodes; the other ranks only note the path."""
         path = self.run_dir / "checkpoints" / f"step{self.global_step:010d}.pt"
-        save_checkpoint(
-            path,
-            {
-                "model": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "config": dataclasses.asdict(self.cfg),
-                "counters": {"update": self.update, "global_step": self.global_step},
-                "rng": capture_rng(self.generator),
-                "lr_schedule": dataclasses.asdict(self.schedule),
-                "collector": collector_state(self.collector),
-            },
-        )
+        if distributed.is_main():
+            save_checkpoint(
+                path,
+                {
+                    "model": self.policy.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "config": dataclasses.asdict(self.cfg),
+                    "counters": {"update": self.update, "global_step": self.global_step},
+                    "rng": capture_rng(self.generator),
+                    "lr_schedule": dataclasses.asdict(self.schedule),
+                    "collector": collector_state(self.collector),
+                },
+            )
+            for old in sorted(path.parent.glob("step*.pt"))[: -self.cfg.keep_checkpoints]:
+                old.unlink()
         self.last_checkpoint, self.checkpoint_step = path, self.global_step
-        for old in sorted(path.parent.glob("step*.pt"))[: -self.cfg.keep_checkpoints]:
-            old.unlink()
 
     def _resume(self, path: Path) -> Path:
         """Loads a checkpoint into this trainer and its collector; returns its run directory
@@ -440,16 +493,28 @@ class Trainer:
                 f"cannot resume {path}: the config differs in {', '.join(changed)} "
                 f"(resume keeps env, memory, agent and seed; it may change total_steps, eval, device, ...)"
             )
-        self.policy.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.update = checkpoint["counters"]["update"]
         self.global_step = checkpoint["counters"]["global_step"]
-        restore_rng(checkpoint["rng"], self.generator)
+        if self.global_step != self.update * self.steps_per_update:
+            raise ConfigError(
+                f"cannot resume {path}: it made {self.global_step // self.update} env steps per update, this "
+                f"run makes {self.steps_per_update} (num_envs x rollout_length x processes): resume it with "
+                f"as many processes as it was trained with"
+            )
+        self.policy.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule = self._resumed_schedule(LearningRateSchedule(**checkpoint["lr_schedule"]), path)
-        if checkpoint["collector"] is None:
-            self.collector.restart(restart_seed(self.cfg.seed, self.global_step))
+        saved = checkpoint["collector"]
+        if distributed.is_main():  # the checkpoint holds rank 0's random streams and episodes
+            restore_rng(checkpoint["rng"], self.generator)
+        else:  # the other ranks' were not saved: fresh ones, seeded apart, and the shared minibatch order
+            seed_everything(restart_seed(self.seed, self.global_step))
+            self.generator.set_state(checkpoint["rng"]["generator"])
+            saved = None
+        if saved is None:
+            self.collector.restart(restart_seed(self.seed, self.global_step))
         else:
-            restore_collector(self.collector, checkpoint["collector"])
+            restore_collector(self.collector, saved)
         self.last_checkpoint, self.checkpoint_step = path, self.global_step
         return path.resolve().parent.parent
 
