@@ -1,6 +1,7 @@
 """The batched env: N copies of one task as a few torch tensors on any device, stepped together.
 
-A port subclasses `BatchedEnv` and writes three methods over all N rows at once:
+A port subclasses `BatchedEnv` and writes `setup()` (read its constants from `self.task`, the
+reference env, and allocate its state tensors) and three methods over all N rows at once:
 
     _start(rows, params)  begin new episodes in the rows where `rows` (bool [N]) is true, from the
                           episode parameters `params` (what `draw_episodes` returns)
@@ -121,8 +122,14 @@ class BatchedEnv:
         self.elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.episode_return = torch.zeros(num_envs, dtype=torch.float32, device=self.device)
         self._all_rows = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self.setup()
 
     # ------------------------------------------------------------------ what a port writes
+
+    def setup(self) -> None:
+        """Reads the port's constants from `self.task` and allocates its state tensors `[N, ...]`, which
+        are written only in place from then on."""
+        raise NotImplementedError
 
     def draw_episodes(self) -> dict[str, Tensor]:
         """Parameters `{name: [N, ...]}` of the episode each row starts next (keys: `self.episode`)."""

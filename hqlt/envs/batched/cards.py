@@ -10,7 +10,6 @@ per row, whatever the deck's size.
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -40,16 +39,14 @@ class CardGame(BatchedEnv):
     it shows of a card), `_episode_length`, `_observe` and `decks`.
     """
 
-    def __init__(self, reference: gym.Env, num_envs: int, device: torch.device | str = "cpu", seed: int = 0,
-                 max_episode_steps: int | None = None) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
         self.face_of = torch.as_tensor(self._faces(), dtype=torch.int64, device=self.device)
         self.num_cards = self.face_of.numel()
         self.episode_length = self._episode_length()
         self.cards = torch.arange(self.num_cards, device=self.device)
-        self.deck = self.cards.repeat(num_envs, 1)
-        self.shuffle = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
-        self.steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.deck = self.cards.repeat(self.num_envs, 1)
+        self.shuffle = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
 
     def _faces(self) -> np.ndarray:
         """What the game shows of each card, by card index: int `[num_cards]` (suits unless overridden)."""
@@ -179,11 +176,10 @@ class BatchedCountRecall(CardGame):
     counts the faces of the value cards dealt so far.
     """
 
-    def __init__(self, reference: gym.Env, num_envs: int, device: torch.device | str = "cpu", seed: int = 0,
-                 max_episode_steps: int | None = None) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
+        super().setup()
         self.query_deck = self.deck.clone()
-        self.counts = torch.zeros(num_envs, self.task.num_distinct_cards, dtype=torch.int64, device=self.device)
+        self.counts = torch.zeros(self.num_envs, self.task.num_distinct_cards, dtype=torch.int64, device=self.device)
 
     def _faces(self) -> np.ndarray:
         return self.task.deck_idx_type

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import gymnasium as gym
 import torch
 from torch import Tensor
 
@@ -28,15 +27,7 @@ class BatchedPositionOnlyCartPole(BatchedEnv):
     shorter (the reference's TimeLimit wrapper then ends them first).
     """
 
-    def __init__(
-        self,
-        reference: gym.Env,
-        num_envs: int,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        max_episode_steps: int | None = None,
-    ) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
         task = self.task
         if task.kinematics_integrator != "euler" or task._sutton_barto_reward:
             raise ValueError(f"the batched port of {self.env_id} steps CartPole with POPGym's settings: "
@@ -46,11 +37,11 @@ class BatchedPositionOnlyCartPole(BatchedEnv):
         self.force_mag, self.tau = task.force_mag, task.tau
         self.x_threshold, self.theta_threshold = task.x_threshold, task.theta_threshold_radians
         limit = task.max_episode_length
-        self.max_episode_steps = limit if max_episode_steps is None else min(max_episode_steps, limit)
+        self.max_episode_steps = limit if self.max_episode_steps is None else min(self.max_episode_steps, limit)
         # CartPole pays 1 every step, the terminating one included, which reward_transform maps to
         # 1 / max_episode_length (its -1 is for steps past termination, which autoreset never takes).
         self.reward = 1.0 / limit
-        self.state = torch.zeros(num_envs, 4, dtype=torch.float64, device=self.device)
+        self.state = torch.zeros(self.num_envs, 4, dtype=torch.float64, device=self.device)
 
     def draw_episodes(self) -> dict[str, Tensor]:
         """state float64 [N, 4]: the initial state, uniform in [-RESET_BOUND, RESET_BOUND) per component."""
@@ -92,20 +83,13 @@ class BatchedNoisyPositionOnlyCartPole(BatchedPositionOnlyCartPole):
     tests inject the reference's noise.
     """
 
-    def __init__(
-        self,
-        reference: gym.Env,
-        num_envs: int,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        max_episode_steps: int | None = None,
-    ) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
+        super().setup()
         space = self.task.observation_space
         self.low = torch.as_tensor(space.low, device=self.device)
         self.high = torch.as_tensor(space.high, device=self.device)
         self.noise_std = torch.as_tensor(self.task.noise_sigma, dtype=torch.float32, device=self.device)
-        self.noise = torch.zeros(num_envs, 2, dtype=torch.float32, device=self.device)
+        self.noise = torch.zeros(self.num_envs, 2, dtype=torch.float32, device=self.device)
         self.noise_source: Callable[[BatchedEnv, Tensor], Tensor] | None = None
 
     def _start(self, rows: Tensor, params: dict[str, Tensor]) -> None:

@@ -18,14 +18,13 @@ class BatchedTMaze(BatchedEnv):
 
     defines_success = True
 
-    def __init__(self, reference, num_envs, device="cpu", seed=0, max_episode_steps=None) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
         task = self.task
         self.corridor_length, self.oracle_distance, self.horizon = task.corridor_length, task.oracle_distance, task.horizon
         self.goal_reward, self.penalty = task.goal_reward, task.penalty
-        zeros = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        zeros = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self.x, self.steps = zeros.clone(), zeros.clone()
-        self.goal_up = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self.goal_up = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.cue_visible, self.cue_seen = self.goal_up.clone(), self.goal_up.clone()
 
     def draw_episodes(self) -> dict[str, Tensor]:

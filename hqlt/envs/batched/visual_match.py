@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
@@ -95,26 +94,18 @@ class BatchedPassiveVisualMatch(BatchedEnv):
 
     defines_success = True
 
-    def __init__(
-        self,
-        reference: gym.Env,
-        num_envs: int,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        max_episode_steps: int | None = None,
-    ) -> None:
-        super().__init__(reference, num_envs, device, seed, max_episode_steps)
+    def setup(self) -> None:
         task = self.task
         self.final_reward, self.apple_reward = task.final_reward, task.apple_reward
         self.apple_respawn_steps = task.apple_respawn_steps
         self.tables = _Tables.build(task.phase_steps, task.distractor_steps == 0, self.device)
         index = dict(dtype=torch.int64, device=self.device)
-        self.target = torch.zeros(num_envs, **index)  # the cue's colour
-        self.cue = torch.zeros(num_envs, **index)  # which of the cue cells shows it
-        self.doors = torch.zeros(num_envs, NUM_COLOURS, **index)  # the colour of each door, left to right
-        self.phase, self.phase_step, self.pos = (torch.zeros(num_envs, **index) for _ in range(3))
-        self.grid = torch.zeros(num_envs, *self.tables.rooms.shape[1:], dtype=torch.int8, device=self.device)
-        self.apple_timer = torch.zeros(num_envs, len(_APPLE_CELLS), **index)  # steps until respawn, 0 = present
+        self.target = torch.zeros(self.num_envs, **index)  # the cue's colour
+        self.cue = torch.zeros(self.num_envs, **index)  # which of the cue cells shows it
+        self.doors = torch.zeros(self.num_envs, NUM_COLOURS, **index)  # the colour of each door, left to right
+        self.phase, self.phase_step, self.pos = (torch.zeros(self.num_envs, **index) for _ in range(3))
+        self.grid = torch.zeros(self.num_envs, *self.tables.rooms.shape[1:], dtype=torch.int8, device=self.device)
+        self.apple_timer = torch.zeros(self.num_envs, len(_APPLE_CELLS), **index)  # steps until respawn, 0 = present
 
     def draw_episodes(self) -> dict[str, Tensor]:
         """PassiveVisualMatch.reset's draws: target int64 [N] (a colour), cue int64 [N] (an index into
