@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from batched_reference import run_against_reference
@@ -20,8 +21,7 @@ def mostly_right(rng, num_envs):
 @pytest.mark.parametrize("env_id", ["hqlt/TMazePassive-v0", "hqlt/TMazeActive-v0"])
 @pytest.mark.parametrize("kwargs", [dict(corridor_length=4), dict(corridor_length=9, penalty=0.3, goal_reward=2.0)])
 def test_batched_tmaze_matches_reference(env_id, kwargs):
-    episodes = run_against_reference(env_id, goal_side, mostly_right, steps=400, min_episodes=100, **kwargs)
-    assert episodes >= 100
+    run_against_reference(env_id, goal_side, mostly_right, steps=400, min_episodes=100, **kwargs)
 
 
 def test_batched_tmaze_goal_side_is_a_fair_coin():
@@ -31,13 +31,8 @@ def test_batched_tmaze_goal_side_is_a_fair_coin():
     ups += int(obs[:, 0].sum())
     for _ in range(3):  # right, right, up: every episode ends and the next begins
         for action in (0, 0, 1):
-            obs, *_ = env.step(torch_full(env, action))
+            obs, *_ = env.step(torch.full((env.num_envs,), action))
         ups += int(obs[:, 0].sum())
     total = 4 * env.num_envs
     assert stats.binomtest(ups, total, 0.5).pvalue > 1e-3
 
-
-def torch_full(env, action):
-    import torch
-
-    return torch.full((env.num_envs,), action, device=env.device)
