@@ -129,6 +129,12 @@ def ranks_worker(rank: int, port: int, out: Path) -> None:
     start = resumed.global_step
     summary = resumed.run()
     torch.save({"model": resumed.policy.state_dict(), "summary": summary, "start": start}, out / f"resumed-rank{rank}.pt")
+
+    apart = small_policy()
+    with torch.no_grad():
+        next(apart.parameters())[0].add_(rank * 1e-6)  # rank 1's copy differs in one element
+    agree = {"same": distributed.modules_agree(small_policy()), "apart": distributed.modules_agree(apart)}
+    torch.save(agree, out / f"agree-rank{rank}.pt")
     distributed.shutdown()
 
 
@@ -202,6 +208,13 @@ def test_both_ranks_resume_from_rank_0s_checkpoint(ranks):
     assert_same(results[1]["model"], results[0]["model"], rtol=0, atol=0)
 
 
+def test_the_ranks_tell_whether_their_parameters_are_identical(ranks):
+    results = [torch.load(ranks / f"agree-rank{rank}.pt") for rank in range(WORLD)]
+    assert results == [{"same": True, "apart": False}] * WORLD
+    trained = [torch.load(ranks / f"trainer-rank{rank}.pt")["summary"] for rank in range(WORLD)]
+    assert [summary["parameters_agree"] for summary in trained] == [1.0] * WORLD
+
+
 def test_torchrun_runs_train_rl_on_two_processes(tmp_path):
     tiny = [arg for arg in TINY if not arg.startswith(("checkpoint_interval", "keep_checkpoints"))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
@@ -209,5 +222,6 @@ def test_torchrun_runs_train_rl_on_two_processes(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("final evaluation") == 1  # rank 0 reports
+    assert "parameters on the 2 ranks: identical" in result.stdout
     (run_dir,) = (tmp_path / "runs" / "tmaze_passive_3" / "lstm").iterdir()
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step{2 * TRAINER_STEPS_PER_UPDATE:010d}.pt"]

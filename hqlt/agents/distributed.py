@@ -13,6 +13,7 @@ the same points of every update, on every rank.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from collections.abc import Iterable
 from typing import TypeVar
@@ -132,3 +133,12 @@ def all_gather_objects(value: T) -> list[T]:
     values: list[T] = [value] * world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def modules_agree(module: nn.Module) -> bool:
+    """Whether every rank's `module` holds bit-identical parameters and buffers (a digest of their
+    bytes compared across ranks; True in a single process)."""
+    digest = hashlib.sha256()
+    for tensor in module.state_dict().values():
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return len(set(all_gather_objects(digest.hexdigest()))) == 1

@@ -417,6 +417,7 @@ class Trainer:
             "eval_return": final["return"],
             "eval_success": final["success"],
             "eval_length": final["length"],
+            "parameters_agree": float(distributed.modules_agree(self.policy)),
         }
         self._log_summary(final, metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
         if self.writer is None:  # rank 0 reports the run
@@ -424,6 +425,8 @@ class Trainer:
         self._write_hparams(final)
         cfg = self.cfg
         processes = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        agreement = "identical" if summary["parameters_agree"] else "DIFFERENT"
+        ranks = f"\n  parameters on the {distributed.world_size()} ranks: {agreement}" if processes else ""
         print(
             f"\n{cfg.env.name} / {cfg.memory.name} / seed {cfg.seed}: {self.global_step} steps{processes} in "
             f"{seconds:.0f} s ({summary['sps']:.0f} steps/s)\n"
@@ -431,7 +434,7 @@ class Trainer:
             f"return {final['return']:.3f}, success {final['success']:.3f}, length {final['length']:.1f}\n"
             f"  last 100 training episodes: return {summary['train_return']:.3f}, "
             f"success {summary['train_success']:.3f}\n"
-            f"  run directory: {self.run_dir}"
+            f"  run directory: {self.run_dir}{ranks}"
         )
         return summary
 
