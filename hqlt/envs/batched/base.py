@@ -30,6 +30,7 @@ the episodes of a seed are the same on every device and do not depend on how row
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import gymnasium as gym
@@ -76,7 +77,7 @@ def to_normal(bits_a: Tensor, bits_b: Tensor) -> Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
-class BatchedEnv:
+class BatchedEnv(ABC):
     """N envs of one task on `device` (see the module docstring for what a port implements).
 
     reset(seed=None) -> (obs, info);  step(actions) -> (obs, reward, terminated, truncated, info)
@@ -126,23 +127,26 @@ class BatchedEnv:
 
     # ------------------------------------------------------------------ what a port writes
 
+    @abstractmethod
     def setup(self) -> None:
         """Reads the port's constants from `self.task` and allocates its state tensors `[N, ...]`, which
         are written only in place from then on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def draw_episodes(self) -> dict[str, Tensor]:
         """Parameters `{name: [N, ...]}` of the episode each row starts next (keys: `self.episode`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _start(self, rows: Tensor, params: dict[str, Tensor]) -> None:
-        raise NotImplementedError
+        """Begins new episodes in the rows where `rows` (bool `[N]`) is true, from `params`."""
 
+    @abstractmethod
     def _advance(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
+        """One step of every row: reward float32 `[N]`, terminated bool `[N]`, success float32 `[N]`."""
 
+    @abstractmethod
     def _observe(self) -> Tensor:
-        raise NotImplementedError
+        """The current observation of every row, `[N, *obs_shape]` (no side effects: called twice a step)."""
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Every tensor of the env's state (the port's and the base's), by attribute name."""

@@ -10,6 +10,8 @@ per row, whatever the deck's size.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -56,9 +58,9 @@ class CardGame(BatchedEnv):
         """Steps to the end of an episode: one per card dealt after the first (unless overridden)."""
         return self.num_cards - 1
 
+    @abstractmethod
     def _play(self, actions: Tensor) -> Tensor:
         """Plays `actions` int64 `[N]`: the step's reward float32 `[N]` (`steps` does not count it yet)."""
-        raise NotImplementedError
 
     def decks(self) -> dict[str, Tensor]:
         """The decks the game deals from, int64 `[N, num_cards]` each, by name."""
