@@ -41,6 +41,8 @@ def test_actions_of_the_wrong_shape_dtype_or_device_are_refused():
         env.step(torch.zeros(4))
     with pytest.raises(TypeError, match="torch tensor"):
         env.step(np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"actions in range\(0, 4\), got \[4, 7\]"):
+        env.step(torch.tensor([0, 4, 7, 1]))
 
 
 def test_make_envs_picks_the_batched_port_where_one_exists():

@@ -243,7 +243,8 @@ class BatchedEnv(ABC):
         return self.draw_episodes() if self.episode_source is None else self.episode_source(self)
 
     def _check_actions(self, actions: Tensor) -> Tensor:
-        """Actions of the right shape, dtype and device (values are not checked: that would sync)."""
+        """Actions of the right shape, dtype and device, and on the CPU inside the action space (on a
+        GPU reading the values would synchronise with the host, so there they are not checked)."""
         space = self.single_action_space
         expected_shape = (self.num_envs, *space.shape)
         if not isinstance(actions, Tensor):
@@ -258,4 +259,9 @@ class BatchedEnv(ABC):
             raise TypeError(f"{self.env_id} batched step takes actions of {kind} dtype, got {actions.dtype}")
         if actions.device != self.device:
             raise ValueError(f"{self.env_id} batched step takes actions on {self.device}, got them on {actions.device}")
+        if self.device.type == "cpu" and isinstance(space, gym.spaces.Discrete):
+            low, high = int(space.start), int(space.start + space.n)
+            if bool(((actions < low) | (actions >= high)).any()):
+                raise ValueError(f"{self.env_id} batched step takes actions in range({low}, {high}), "
+                                 f"got {sorted(set(actions.tolist()) - set(range(low, high)))[:5]}")
         return actions
