@@ -1,7 +1,7 @@
 """Behaviour cloning on Passive Visual Match through `Policy` and a memory core: how long the memory plateau lasts.
 
-    python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|cue] [--updates 3000]
-        [--distractor-steps 0] [--episodes 64] [--seed 0]
+    python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|episodic|cue] [--updates 3000]
+        [--distractor-steps 0] [--episodes 64] [--seed 0] [--option KEY=VALUE ...]
 
 The scripted teacher acts only on what a remembering agent can know: in the reward room it walks up
 until the middle door is in view, goes to it if it has the cue's colour, else steps left until the
@@ -11,7 +11,9 @@ student without memory plateaus at the best it can do ignoring the cue (1/3 succ
 
 Variants: `plain` clones through the policy unchanged; `recall` adds an auxiliary loss on the core's
 output: reconstruct the observations of the last RECALL_STEPS steps (pixels in [0, 1]), which gives
-the memory a direct reason to keep the past, the cue included; `cue` (a diagnostic with privileged
+the memory a direct reason to keep the past, the cue included; `episodic` adds the learner's episodic
+recall objective (hqlt/agents/recall.py: tell its own episode's earlier observation among the batch's);
+`cue` (a diagnostic with privileged
 labels) adds a linear readout of the cue's colour from the core's output at every reward-room step,
 which tells whether the plateau is about holding the cue or about acting on it. Prints, every 100 updates, the cloning
 loss per reward-room step, and every 500 updates the greedy success of the student on 64 episodes.
@@ -24,13 +26,16 @@ import time
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
 
 from hqlt.agents import Policy
+from hqlt.agents.recall import EpisodicRecall
 from hqlt.envs.visual_match import _DOOR_CELLS, _PAD, DOWN, LEFT, NUM_COLOURS, RIGHT, UP, PassiveVisualMatch
 from hqlt.memory import build_core
 
 RECALL_STEPS = 16
+EPISODIC_PAIRS = 32
 # Padded coordinates: the row from which the doors' row is in view, and the middle door's column.
 VIEW_ROW = _DOOR_CELLS[0][0] + _PAD
 MIDDLE = _DOOR_CELLS[1][1]
@@ -123,22 +128,28 @@ def greedy_success(policy: Policy, env: PassiveVisualMatch, count: int, seed: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--core", default="lstm")
-    parser.add_argument("--variant", choices=("plain", "recall", "cue"), default="plain")
+    parser.add_argument("--variant", choices=("plain", "recall", "episodic", "cue"), default="plain")
     parser.add_argument("--updates", type=int, default=3000)
     parser.add_argument("--distractor-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
+    options = {key: yaml.safe_load(value) for key, value in (option.split("=", 1) for option in args.option)}
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     env = PassiveVisualMatch(distractor_steps=args.distractor_steps)
     length = sum(env.phase_steps)
-    core = build_core(args.core, input_dim=64, hidden_dim=128)
+    core = build_core(args.core, input_dim=64, hidden_dim=128, **options)
     policy = Policy(env.observation_space, env.action_space, core, head_dim=64)
     pixels = int(np.prod(env.observation_space.shape))
-    outputs = {"plain": 0, "recall": RECALL_STEPS * pixels, "cue": NUM_COLOURS}[args.variant]
+    outputs = {"plain": 0, "episodic": 0, "recall": RECALL_STEPS * pixels, "cue": NUM_COLOURS}[args.variant]
     readout = nn.Linear(core.hidden_dim, outputs) if outputs else None
+    if args.variant == "episodic":
+        readout = EpisodicRecall(core.hidden_dim, policy.encoder.out_dim)
+    generator = torch.Generator().manual_seed(args.seed)
     parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
     start, losses = time.time(), []
@@ -147,16 +158,15 @@ def main() -> None:
         resets = torch.zeros_like(batch["valid"])
         resets[:, 0] = True
         state = policy.initial_state(args.episodes)
-        features = policy.encoder(batch["obs"].flatten(0, 1)).view(args.episodes, length, -1)
-        carried = (~resets).unsqueeze(-1).float()
-        inputs = torch.cat([features, policy.action_head.encode(batch["prev"]) * carried,
-                            torch.zeros(args.episodes, length, 1)], dim=-1)
-        y, _ = policy.core(policy.mix(inputs), state, resets)
+        y, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
         log_probs = policy.action_head(y).log_prob(batch["actions"])
         loss = -log_probs[batch["reward_room"]].mean()
         losses.append(loss.item())
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
+        elif args.variant == "episodic":
+            features = policy.encoder(batch["obs"].flatten(0, 1)).view(args.episodes, length, -1)
+            loss = loss + readout.loss(y, features, ~batch["valid"] | resets, EPISODIC_PAIRS, generator)
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)
@@ -164,7 +174,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         if update % 100 == 0:
-            line = f"{args.core} {args.variant} update {update}: cloning loss {np.mean(losses):.4f}"
+            line = f"{args.core} {options or ''} {args.variant} update {update}: cloning loss {np.mean(losses):.4f}"
             if update % 500 == 0:
                 line += f", greedy success {greedy_success(policy, env, 64, seed=10**6):.3f}"
             print(f"{line} ({time.time() - start:.0f} s)", flush=True)

@@ -114,7 +114,7 @@ def acted_rollout(policy: Policy, num_envs: int = 4, steps: int = 8) -> Rollout:
     terminated = torch.rand(num_envs, steps, generator=generator) < 0.2
     resets = torch.cat([torch.ones(num_envs, 1, dtype=torch.bool), terminated[:, :-1]], dim=1)
     rewards = torch.rand(num_envs, steps, generator=generator)
-    prev_rewards = torch.zeros(num_envs, steps)  # the policy's reward input would see the reward scale
+    prev_rewards = torch.cat([torch.zeros(num_envs, 1), rewards[:, :-1]], dim=1)
     state = policy.initial_state(num_envs)
     with torch.no_grad():
         dist, values, _ = policy(obs, prev_actions, prev_rewards, state, resets)
@@ -127,18 +127,20 @@ def acted_rollout(policy: Policy, num_envs: int = 4, steps: int = 8) -> Rollout:
 
 
 def test_ppo_update_is_invariant_to_the_reward_scale():
-    # Rewards and value statistics x100: the same normalised advantages and value loss, so the same
-    # parameters after the update.
+    # Rewards (also the reward input) and value and reward statistics x100: the same normalised
+    # advantages, value loss and inputs, so the same parameters after the update.
     torch.manual_seed(0)
     obs_space = spaces.Box(0.0, 1.0, shape=(5,), dtype=np.float32)
     policy = Policy(obs_space, spaces.Discrete(3), build_core("gru", input_dim=8, hidden_dim=8), head_dim=8)
     policy.value_layer.update(torch.tensor([0.5, 1.5]))
+    policy.update_reward_scale(torch.tensor([0.2, -0.7]))
     scaled_policy = copy.deepcopy(policy)
-    scaled_policy.value_layer.mean.mul_(100.0)
-    scaled_policy.value_layer.mean_square.mul_(100.0**2)
+    for moments in (scaled_policy.value_layer.moments, scaled_policy.reward_scale):
+        moments.mean.mul_(100.0)
+        moments.mean_square.mul_(100.0**2)
     rollout = acted_rollout(policy)
     scaled = copy.deepcopy(rollout)
-    for name in ("rewards", "values", "final_values", "next_values"):
+    for name in ("rewards", "prev_rewards", "values", "final_values", "next_values"):
         setattr(scaled, name, getattr(rollout, name) * 100.0)
     cfg = PPOConfig(num_envs=4, rollout_length=8, num_minibatches=2, update_epochs=2)
     for net, data in ((policy, rollout), (scaled_policy, scaled)):
@@ -147,3 +149,4 @@ def test_ppo_update_is_invariant_to_the_reward_scale():
     for (name, param), scaled_param in zip(policy.named_parameters(), scaled_policy.parameters()):
         torch.testing.assert_close(scaled_param, param, rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(scaled_policy.value_layer.mean, 100.0 * policy.value_layer.mean)
+    torch.testing.assert_close(scaled_policy.reward_scale.rms, 100.0 * policy.reward_scale.rms)

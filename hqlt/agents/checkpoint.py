@@ -19,7 +19,8 @@ import torch
 from hqlt.configs.schema import ConfigError
 
 # 2: PopArt value statistics in the model, the learning-rate schedule and the collector's carry.
-FORMAT_VERSION = 2
+# 3: the policy's reward-input scale, PopArt's statistics under value_layer.moments.
+FORMAT_VERSION = 3
 # What the trainer writes into every checkpoint.
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector")
 EXPECTED = "a checkpoint file that training wrote, runs/<env>/<core>/<run>/checkpoints/step<N>.pt"

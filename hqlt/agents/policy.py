@@ -1,11 +1,20 @@
 """The recurrent actor-critic: encoder -> memory core -> separate actor and critic heads.
 
     obs ──encoder──┐
-    prev action ───┼─ MLP ─> core (memory) ─┬─ actor head  -> action distribution
-    prev reward ───┘                        └─ critic head -> value (PopArt output layer)
+    prev action ───┤
+    prev reward ───┼─ MLP ─> core (memory) ─┬─ actor head  -> action distribution
+    episode time ──┘                        └─ critic head -> value (PopArt output layer)
 
 The previous action and reward are zeroed at the first step of an episode (where `resets` is true),
-so the policy sees the same inputs in step mode (acting) and sequence mode (training).
+so the policy sees the same inputs in step mode (acting) and sequence mode (training). The reward is
+divided by the rewards' running root mean square (`reward_scale`, moved by `update_reward_scale` after
+each update), so that the memory sees a penalty of 0.001 as clearly as a reward of 100.
+
+The episode time (steps since the episode began, as log1p(t) / TIME_SCALE) is an input too, so that
+the critic knows how much of a time-limited episode is left (Pardo et al. 2018, "Time limits in
+reinforcement learning"); without it the values of a corridor that looks the same at every step
+are a guess, and their error drowns the policy's advantages. The policy carries the time in its
+state under EPISODE_TIME, beside the core's entries, so that step and sequence mode agree.
 """
 
 from __future__ import annotations
@@ -21,10 +30,21 @@ from torch import Tensor, nn
 from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
 from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
-from hqlt.agents.popart import PopArt
+from hqlt.agents.popart import PopArt, RunningMoments
 from hqlt.configs.schema import TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
+
+EPISODE_TIME = "episode_time"
+TIME_SCALE = 7.0  # about log1p(1000): the feature is about 1 a thousand steps into an episode
+
+
+def episode_times(carried: Tensor, resets: Tensor) -> Tensor:
+    """Steps since the episode began, float `[B, T]`: 0 where `resets`; `carried` `[B]` is the time of
+    step 0 had it no reset (the state's EPISODE_TIME)."""
+    steps = torch.arange(resets.shape[1], device=resets.device)
+    last_reset = torch.where(resets, steps, -1).cummax(dim=1).values
+    return torch.where(last_reset >= 0, steps - last_reset, carried[:, None] + steps).float()
 
 
 class Policy(nn.Module):
@@ -36,7 +56,7 @@ class Policy(nn.Module):
         super().__init__()
         self.encoder = build_encoder(describe_space(observation_space))
         self.action_head = ActionHead(action_space, core.hidden_dim, head_dim)
-        in_dim = self.encoder.out_dim + self.action_head.input_dim + 1
+        in_dim = self.encoder.out_dim + self.action_head.input_dim + 2
         self.mix = nn.Sequential(
             init_layer(nn.Linear(in_dim, core.input_dim)),
             nn.ReLU(),
@@ -49,6 +69,7 @@ class Policy(nn.Module):
             nn.Tanh(),
             PopArt(head_dim),
         )
+        self.reward_scale = RunningMoments()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Policy, TrainConfig]:
@@ -82,13 +103,19 @@ class Policy(nn.Module):
         """The critic's output layer and its value statistics."""
         return self.critic[-1]
 
+    def update_reward_scale(self, rewards: Tensor) -> None:
+        """Moves the reward input's scale towards the rms of `rewards` (any shape). Called between
+        rollouts, never inside one, so that acting and training see the same inputs."""
+        self.reward_scale.update(rewards)
+
     def trunk_parameters(self) -> list[nn.Parameter]:
         """The parameters both heads depend on: encoder, input mix and core."""
         return [*self.encoder.parameters(), *self.mix.parameters(), *self.core.parameters()]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        """The core's state for `batch_size` fresh episodes."""
-        return self.core.initial_state(batch_size, device=device)
+        """The state of `batch_size` fresh episodes: the core's entries and EPISODE_TIME `[batch_size]`."""
+        state = self.core.initial_state(batch_size, device=device)
+        return {**state, EPISODE_TIME: torch.zeros(batch_size, device=device)}
 
     def forward(
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
@@ -98,14 +125,29 @@ class Policy(nn.Module):
         Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1
         (written into `state`'s tensors with `in_place`, see `MemoryCore`).
         """
+        y, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
+        return self.action_head(y), self.critic(y).squeeze(-1), state
+
+    def memory(
+        self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
+    ) -> tuple[Tensor, State]:
+        """The core's output `[B, T, hidden_dim]` that both heads read, and the next state (as `forward`)."""
         batch, steps = resets.shape
         features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)
         carried = (~resets).unsqueeze(-1).float()
+        rewards = (prev_rewards / self.reward_scale.rms).unsqueeze(-1)
+        times = episode_times(state[EPISODE_TIME], resets)
         inputs = torch.cat(
-            [features, self.action_head.encode(prev_actions) * carried, prev_rewards.unsqueeze(-1) * carried], dim=-1
+            [features, self.action_head.encode(prev_actions) * carried, rewards * carried,
+             (times.log1p() / TIME_SCALE).unsqueeze(-1)],
+            dim=-1,
         )
-        y, state = self.core(self.mix(inputs), state, resets, in_place=in_place)
-        return self.action_head(y), self.critic(y).squeeze(-1), state
+        core_state = {name: value for name, value in state.items() if name != EPISODE_TIME}
+        y, core_state = self.core(self.mix(inputs), core_state, resets, in_place=in_place)
+        next_time = times[:, -1] + 1
+        if in_place:
+            next_time = state[EPISODE_TIME].copy_(next_time)
+        return y, {**core_state, EPISODE_TIME: next_time}
 
     @torch.inference_mode()
     def act(

@@ -112,8 +112,9 @@ def ppo_update(
                 stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
                 stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip_coef).float().mean())
 
-            # 3. Clipped policy loss on (normalised) advantages.
-            adv = batch.advantages
+            # 3. Clipped policy loss on advantages in units of the returns' scale (PopArt's std; 1
+            # without normalize_values), optionally standardised per minibatch.
+            adv = batch.advantages / value_scale
             if cfg.normalize_advantages:
                 adv_mean, adv_std = distributed.mean_std(adv)
                 adv = (adv - adv_mean) / (adv_std + 1e-8)
@@ -163,6 +164,10 @@ def ppo_update(
 
         if cfg.target_kl is not None and distributed.all_reduce_mean(stats["approx_kl"][-1]) > cfg.target_kl:
             break
+
+    # 8. The reward input's scale follows the rewards, once the update is done (so that the acting and
+    # the replayed inputs of this rollout were the same).
+    policy.update_reward_scale(rollout.rewards)
 
     # Statistics stay on the device until here: one read-back per update, then one gather over ranks.
     summary = dict(zip(stats, torch.stack([torch.stack(values).float().mean() for values in stats.values()]).tolist()))

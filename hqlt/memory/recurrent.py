@@ -90,7 +90,9 @@ class RecurrentCore(MemoryCore):
     State: `h` `[B, num_layers, hidden_dim]` (and `c` for the LSTM), batch first.
     """
 
-    def __init__(self, kind: str, input_dim: int, hidden_dim: int, *, num_layers: int = 1) -> None:
+    def __init__(
+        self, kind: str, input_dim: int, hidden_dim: int, *, num_layers: int = 1, forget_bias: float = 0.0
+    ) -> None:
         super().__init__(input_dim, hidden_dim)
         self.kind = kind
         self.num_layers = num_layers
@@ -98,6 +100,15 @@ class RecurrentCore(MemoryCore):
             RNN_CLASSES[kind](input_dim if layer == 0 else hidden_dim, hidden_dim, batch_first=True)
             for layer in range(num_layers)
         )
+        if forget_bias:
+            if kind != "lstm":
+                raise ValueError(f"forget_bias is an LSTM option; the {kind} core has no forget gate")
+            # Gates are ordered (input, forget, cell, output): a positive forget bias keeps the cell's
+            # memory at initialisation (Jozefowicz et al. 2015) instead of halving it every step.
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.bias_ih_l0[hidden_dim : 2 * hidden_dim] = forget_bias
+                    layer.bias_hh_l0[hidden_dim : 2 * hidden_dim] = 0.0
         self.state_names = ("h", "c") if kind == "lstm" else ("h",)
 
     def initial_state(

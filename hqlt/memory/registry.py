@@ -18,7 +18,7 @@ _ATTENTION_OPTIONS: dict[str, Any] = dict(
     num_layers=2, num_heads=4, window=64, chunk_size=64, dropout=0.0, allow_neg_eigval=True, max_context=1024, backend=None
 )
 CORE_OPTIONS: dict[str, dict[str, Any]] = {
-    "lstm": dict(num_layers=1),
+    "lstm": dict(num_layers=1, forget_bias=0.0),
     "gru": dict(num_layers=1),
     "mlp": dict(num_layers=1, dropout=0.0),
     "transformer": {**_ATTENTION_OPTIONS, "window": None},
