@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Several benchmark commands side by side on one GPU machine, in one device call.
+#   bash benchmarks/gpu_run.sh "COMMAND" ["COMMAND" ...]
+# Installs the carried wheels (WHEELS, default .whl) into /tmp/site, runs every COMMAND at once from
+# the repo root (each one's output in $OUT/logs.tar.gz as <k>.log), waits for all, then packs what
+# they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under runs/ into
+# $OUT/runs.tar.gz (checkpoints left out).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_run}
+WHEELS=${WHEELS:-.whl}
+mkdir -p "$OUT" logs
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; cat "$OUT/pip.log"; exit 1; }
+export PYTHONPATH=".:/tmp/site"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+start=$SECONDS
+pids=()
+for k in $(seq 1 $#); do
+    command=${!k}
+    echo "[$k] $command"
+    bash -c "$command" >"logs/$k.log" 2>&1 &
+    pids+=($!)
+done
+for k in "${!pids[@]}"; do
+    wait "${pids[$k]}"
+    echo "[$((k + 1))] exit $? after $((SECONDS - start)) s: $(tail -n 1 "logs/$((k + 1)).log")"
+done
+tar -czf "$OUT/logs.tar.gz" logs
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+[ -d runs ] && tar -czf "$OUT/runs.tar.gz" --exclude='*.pt' runs
+ls -la "$OUT"
