@@ -51,7 +51,7 @@ def signal_stats(trainer: Trainer, rollout: Rollout, window: int) -> dict[str, f
     cfg = trainer.cfg.agent
     advantages, returns = compute_gae(rollout, cfg.gamma, cfg.gae_lambda)
     with torch.no_grad():
-        _, entropy, _ = replay(trainer.policy, training_sequences(rollout, advantages, returns))
+        _, entropy, _, _ = replay(trainer.policy, training_sequences(rollout, advantages, returns))
     entropy = entropy.reshape(advantages.shape)
     decisive = decision_mask(rollout, window)
     normalised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

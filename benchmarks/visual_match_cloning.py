@@ -30,12 +30,11 @@ import yaml
 from torch import Tensor, nn
 
 from hqlt.agents import Policy
-from hqlt.agents.recall import EpisodicRecall
+from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.envs.visual_match import _DOOR_CELLS, _PAD, DOWN, LEFT, NUM_COLOURS, RIGHT, UP, PassiveVisualMatch
 from hqlt.memory import build_core
 
 RECALL_STEPS = 16
-EPISODIC_PAIRS = 32
 # Padded coordinates: the row from which the doors' row is in view, and the middle door's column.
 VIEW_ROW = _DOOR_CELLS[0][0] + _PAD
 MIDDLE = _DOOR_CELLS[1][1]
@@ -147,8 +146,6 @@ def main() -> None:
     pixels = int(np.prod(env.observation_space.shape))
     outputs = {"plain": 0, "episodic": 0, "recall": RECALL_STEPS * pixels, "cue": NUM_COLOURS}[args.variant]
     readout = nn.Linear(core.hidden_dim, outputs) if outputs else None
-    if args.variant == "episodic":
-        readout = EpisodicRecall(core.hidden_dim, policy.encoder.out_dim)
     generator = torch.Generator().manual_seed(args.seed)
     parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
@@ -158,15 +155,14 @@ def main() -> None:
         resets = torch.zeros_like(batch["valid"])
         resets[:, 0] = True
         state = policy.initial_state(args.episodes)
-        y, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
+        y, features, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
         log_probs = policy.action_head(y).log_prob(batch["actions"])
         loss = -log_probs[batch["reward_room"]].mean()
         losses.append(loss.item())
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
         elif args.variant == "episodic":
-            features = policy.encoder(batch["obs"].flatten(0, 1)).view(args.episodes, length, -1)
-            loss = loss + readout.loss(y, features, ~batch["valid"] | resets, EPISODIC_PAIRS, generator)
+            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, RECALL_PAIRS, generator)
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)

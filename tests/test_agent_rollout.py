@@ -58,7 +58,7 @@ def test_sequence_replay_matches_acting(memory):
     assert rollout.terminated.any() and rollout.truncated.any()
     zeros = torch.zeros_like(rollout.values)
     with torch.no_grad():
-        log_probs, _, values = replay(policy, training_sequences(rollout, zeros, zeros))
+        log_probs, _, values, _ = replay(policy, training_sequences(rollout, zeros, zeros))
     torch.testing.assert_close(log_probs, rollout.log_probs, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(values, rollout.values, rtol=1e-4, atol=1e-5)
 
@@ -70,7 +70,7 @@ def test_shorter_training_sequences_use_stored_states(memory):
     batch = training_sequences(rollout, zeros, zeros)
     assert batch.resets.shape == (NUM_ENVS * 4, ROLLOUT_LENGTH // 4)
     with torch.no_grad():
-        log_probs, _, values = replay(policy, batch)
+        log_probs, _, values, _ = replay(policy, batch)
     torch.testing.assert_close(log_probs.reshape(NUM_ENVS, ROLLOUT_LENGTH), rollout.log_probs, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(values.reshape(NUM_ENVS, ROLLOUT_LENGTH), rollout.values, rtol=1e-4, atol=1e-5)
 
@@ -163,7 +163,7 @@ def test_batched_rollouts_replay_and_bootstrap_like_host_rollouts(memory):
     torch.testing.assert_close(rollout.resets[:, 1:], (rollout.terminated | rollout.truncated)[:, :-1])
     zeros = torch.zeros_like(rollout.values)
     with torch.no_grad():
-        log_probs, _, values = replay(policy, training_sequences(rollout, zeros, zeros))
+        log_probs, _, values, _ = replay(policy, training_sequences(rollout, zeros, zeros))
     torch.testing.assert_close(log_probs.reshape(rollout.log_probs.shape), rollout.log_probs, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(values.reshape(rollout.values.shape), rollout.values, rtol=1e-4, atol=1e-5)
     bootstrapped = rollout.truncated & ~rollout.terminated

@@ -26,9 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD, NUM_ENVS, STEPS = 2, 4, 8
 # name -> (PPO config, updates). With one epoch per update the one-process reference can lay out the
 # union so that its minibatches are the ranks' (see union_rows); with one minibatch the order is moot.
+# Without the recall objective, whose negatives are each rank's own rows (hqlt/agents/ppo.py).
+UNION = dict(num_envs=NUM_ENVS, rollout_length=STEPS, update_epochs=1, recall_coef=0.0)
 UNION_CASES = {
-    "minibatches": (PPOConfig(num_envs=NUM_ENVS, rollout_length=STEPS, num_minibatches=2, update_epochs=1), 2),
-    "epochs": (PPOConfig(num_envs=NUM_ENVS, rollout_length=STEPS, num_minibatches=1, update_epochs=2), 2),
+    "minibatches": (PPOConfig(**{**UNION, "num_minibatches": 2}), 2),
+    "epochs": (PPOConfig(**{**UNION, "num_minibatches": 1, "update_epochs": 2}), 2),
 }
 TRAINER_STEPS_PER_UPDATE = WORLD * 2 * 8  # ranks x num_envs x rollout_length
 TINY = [

@@ -102,6 +102,9 @@ def average_gradients(parameters: Iterable[nn.Parameter], loss: Tensor) -> Tenso
     if world_size() == 1:
         return loss
     parameters = list(parameters)
+    for parameter in parameters:  # a parameter the loss did not reach on one rank may on another
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
     flat = torch.cat([*(parameter.grad.flatten() for parameter in parameters), loss.detach().reshape(1)])
     dist.all_reduce(flat)
     flat /= world_size()

@@ -25,6 +25,7 @@ UPDATE_TAGS = {
     "policy_loss": "loss/policy",
     "value_loss": "loss/value",  # in units of the value statistics' std (PopArt)
     "entropy": "loss/entropy",
+    "recall_loss": "loss/recall",  # the episodic recall objective's InfoNCE (ln of the minibatch's rows at chance)
     "approx_kl": "train/approx_kl",
     "clip_fraction": "train/clip_fraction",
     "explained_variance": "train/explained_variance",

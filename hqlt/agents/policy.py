@@ -31,6 +31,7 @@ from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
 from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt, RunningMoments
+from hqlt.agents.recall import EpisodicRecall
 from hqlt.configs.schema import TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
@@ -70,6 +71,9 @@ class Policy(nn.Module):
             PopArt(head_dim),
         )
         self.reward_scale = RunningMoments()
+        # The episodic recall objective's projections (hqlt/agents/recall.py); trained when the learner
+        # weighs that objective (agent.recall_coef), never used to act.
+        self.recall = EpisodicRecall(core.hidden_dim, self.encoder.out_dim)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Policy, TrainConfig]:
@@ -125,13 +129,14 @@ class Policy(nn.Module):
         Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1
         (written into `state`'s tensors with `in_place`, see `MemoryCore`).
         """
-        y, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
+        y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         return self.action_head(y), self.critic(y).squeeze(-1), state
 
     def memory(
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
-    ) -> tuple[Tensor, State]:
-        """The core's output `[B, T, hidden_dim]` that both heads read, and the next state (as `forward`)."""
+    ) -> tuple[Tensor, Tensor, State]:
+        """The core's output `[B, T, hidden_dim]` that both heads read, the encoder's features
+        `[B, T, encoder.out_dim]` and the next state (as `forward`)."""
         batch, steps = resets.shape
         features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)
         carried = (~resets).unsqueeze(-1).float()
@@ -147,7 +152,7 @@ class Policy(nn.Module):
         next_time = times[:, -1] + 1
         if in_place:
             next_time = state[EPISODE_TIME].copy_(next_time)
-        return y, {**core_state, EPISODE_TIME: next_time}
+        return y, features, {**core_state, EPISODE_TIME: next_time}
 
     @torch.inference_mode()
     def act(

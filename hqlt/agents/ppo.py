@@ -8,7 +8,9 @@ Across ranks (hqlt.agents.distributed) the update is that of the union of the ra
 rank draws the same minibatch order from the same generator state, so that minibatch k is the union
 of the ranks' k-th minibatches, and the value statistics, the advantage normalisation, the
 gradients, the non-finite check, the early stop and the logged statistics are all taken over the
-ranks together; the parameters stay the same on every rank.
+ranks together; the parameters stay the same on every rank. One exception: the episodic recall
+objective contrasts each rank's own rows (its negatives), so with agent.recall_coef > 0 the update is
+not exactly that of one process on the union.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from hqlt.agents import distributed
 from hqlt.agents.policy import Policy
+from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
 from hqlt.configs.schema import PPOConfig
 
@@ -51,11 +54,18 @@ def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tens
     return advantages, advantages + values
 
 
-def replay(policy: Policy, batch: SequenceBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """Re-runs the policy in sequence mode over `batch`: log-probs, entropies and values, each `[S, L]`."""
+def replay(
+    policy: Policy, batch: SequenceBatch, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Re-runs the policy in sequence mode over `batch`: log-probs, entropies and values, each `[S, L]`,
+    and the episodic recall loss (a scalar over RECALL_PAIRS pairs drawn with `generator`; 0 without)."""
     states = {name: value.detach() for name, value in batch.states.items()}
-    dist, values, _ = policy(batch.obs, batch.prev_actions, batch.prev_rewards, states, batch.resets)
-    return dist.log_prob(batch.actions), dist.entropy(), values
+    y, features, _ = policy.memory(batch.obs, batch.prev_actions, batch.prev_rewards, states, batch.resets)
+    dist, values = policy.action_head(y), policy.critic(y).squeeze(-1)
+    recall_loss = (
+        policy.recall.loss(y, features, batch.resets, RECALL_PAIRS, generator) if generator is not None else y.new_zeros(())
+    )
+    return dist.log_prob(batch.actions), dist.entropy(), values, recall_loss
 
 
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
@@ -66,7 +76,8 @@ def explained_variance(predicted: Tensor, target: Tensor) -> float:
 
 def trunk_gradient_norms(trunk: list[nn.Parameter], critic_grads: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
     """Norms of the actor's and the critic's gradient on the parameters both heads share (encoder, mix,
-    core): the critic's is `critic_grads`, the actor's what the whole loss put into `.grad` minus it."""
+    core): the critic's is `critic_grads`, the actor's (with the recall objective) what the whole loss put
+    into `.grad` minus it."""
     actor, critic = [], []
     for parameter, critic_grad in zip(trunk, critic_grads):
         if parameter.grad is not None:
@@ -101,7 +112,7 @@ def ppo_update(
             batch = sequences.rows(order[start : start + minibatch_size])
 
             # 1. Re-run the core over whole sequences from their stored initial states.
-            log_probs, entropy, values = replay(policy, batch)
+            log_probs, entropy, values, recall_loss = replay(policy, batch, generator if cfg.recall_coef else None)
 
             # 2. Probability ratio of the new policy to the acting one, and how far it moved.
             log_ratio = log_probs - batch.log_probs
@@ -129,11 +140,11 @@ def ppo_update(
                 value_error = torch.max(value_error, ((clipped - batch.returns) / value_scale) ** 2)
             value_loss = 0.5 * value_error.mean()
 
-            # 5. Total loss with the entropy bonus.
+            # 5. Total loss with the entropy bonus and the episodic recall objective (on the trunk).
             entropy_mean = entropy.mean()
             actor_loss = policy_loss - cfg.ent_coef * entropy_mean
             critic_loss = cfg.vf_coef * value_loss
-            loss = actor_loss + critic_loss
+            loss = actor_loss + critic_loss + cfg.recall_coef * recall_loss
 
             # 6. Gradients; on the first minibatch also the critic's alone on the shared encoder, mix
             # and core (one extra backward pass), to log which of the two losses trains the memory.
@@ -159,7 +170,7 @@ def ppo_update(
                 )
             optimizer.step()
             for name, value in (("grad_norm", grad_norm), ("policy_loss", policy_loss), ("value_loss", value_loss),
-                                ("entropy", entropy_mean), ("loss", loss)):
+                                ("entropy", entropy_mean), ("recall_loss", recall_loss), ("loss", loss)):
                 stats[name].append(value.detach())
 
         if cfg.target_kl is not None and distributed.all_reduce_mean(stats["approx_kl"][-1]) > cfg.target_kl:

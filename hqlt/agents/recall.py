@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 RECALL_DIM = 64
 TEMPERATURE = 0.1
+RECALL_PAIRS = 32  # (t', t) pairs per minibatch
 
 
 class EpisodicRecall(nn.Module):

@@ -79,6 +79,9 @@ class PPOConfig:
     normalize_values: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
+    # Weight of the episodic recall objective (hqlt/agents/recall.py): the memory learns to keep what
+    # told its episode apart from the others, before the policy acts on it; 0 turns it off.
+    recall_coef: float = 0.1
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
     # Stop an update's epochs early once the approximate KL passes this; null never stops.
@@ -220,6 +223,7 @@ def validate(cfg: TrainConfig) -> None:
         ("agent.clip_coef", agent.clip_coef, "> 0"),
         ("agent.ent_coef", agent.ent_coef, ">= 0"),
         ("agent.vf_coef", agent.vf_coef, ">= 0"),
+        ("agent.recall_coef", agent.recall_coef, ">= 0"),
         ("agent.max_grad_norm", agent.max_grad_norm, "> 0"),
     ]
     if agent.target_kl is not None:
