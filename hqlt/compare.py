@@ -68,9 +68,12 @@ class Run:
     finished: float | None
 
     def final(self, quantity: str) -> float:
-        """The final evaluation's value (nan where the env defines no success)."""
-        tag = FINAL[quantity]
-        return float(self.scalars[tag][1][-1]) if tag in self.scalars else float("nan")
+        """The final evaluation's value, else the last periodic evaluation's (a run stopped before its
+        end); nan where there is neither or the env defines no success."""
+        for tag in (FINAL[quantity], CURVES["eval"][quantity]):
+            if tag in self.scalars:
+                return float(self.scalars[tag][1][-1])
+        return float("nan")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -91,3 +91,15 @@ def test_help_names_the_real_options(capsys):
     text = capsys.readouterr().out
     assert "--tag" not in text and "--curves {episode,eval}" in text and "--mix-configs" in text
     assert "--tag" not in compare.__doc__
+
+
+def test_a_run_stopped_early_reports_its_last_evaluation(tmp_path):
+    # benchmarks/memory_suite.py stops runs at a time limit, before their final evaluation.
+    run_dir = fake_run(tmp_path / "runs" / "env", "lstm", "seed0-a", 0, 400, final=None)
+    writer = SummaryWriter(str(run_dir))
+    for step, success in ((100, 0.25), (200, 0.75)):
+        writer.add_scalar(metrics.EVAL_SUCCESS, success, step)
+    writer.close()
+    run = compare.load_run(run_dir)
+    assert run.final("success") == 0.75
+    assert run.final("return") != run.final("return")  # nan: no evaluation of the return was written
