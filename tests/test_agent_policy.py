@@ -6,6 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hqlt.agents import Policy, train
+from hqlt.agents.policy import EPISODE_TIME, episode_times
 from hqlt.configs import compose
 from hqlt.memory import build_core
 
@@ -142,3 +143,17 @@ def test_box_actions_train(tmp_path):
          "eval.num_envs=1", "+env.kwargs.max_episode_steps=10", "progress=false", f"log_dir={tmp_path}"]
     )
     assert train(cfg)["global_step"] == 16
+
+
+def test_episode_time_counts_the_steps_since_the_episode_began():
+    resets = torch.tensor([[False, False, True, False], [True, False, False, False]])
+    times = episode_times(torch.tensor([5.0, 9.0]), resets)
+    torch.testing.assert_close(times, torch.tensor([[5.0, 6.0, 0.0, 1.0], [0.0, 1.0, 2.0, 3.0]]))
+    # the policy carries it: the state after a call holds the time of the next step, and a memoryless
+    # core's values still tell the steps of an episode apart
+    policy = Policy(OBSERVATIONS["box"], ACTIONS["discrete"], build_core("mlp", input_dim=8, hidden_dim=8), head_dim=8)
+    obs = torch.zeros(2, 4, 5)
+    with torch.no_grad():
+        _, values, state = policy(obs, torch.zeros(2, 4, 1, dtype=torch.long), torch.zeros(2, 4), policy.initial_state(2), resets)
+    torch.testing.assert_close(state[EPISODE_TIME], torch.tensor([2.0, 4.0]))
+    assert values[1].unique().numel() == 4
