@@ -1,6 +1,7 @@
 """GAE against hand-computed values, PopArt, and the PPO update's bookkeeping and reward-scale invariance."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -150,3 +151,36 @@ def test_ppo_update_is_invariant_to_the_reward_scale():
         torch.testing.assert_close(scaled_param, param, rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(scaled_policy.value_layer.mean, 100.0 * policy.value_layer.mean)
     torch.testing.assert_close(scaled_policy.reward_scale.rms, 100.0 * policy.reward_scale.rms)
+
+
+def test_the_entropy_floor_lifts_a_nearly_deterministic_policy():
+    # A policy that nearly always picks action 0 (entropy below the floor of 5% of ln 3), with zero
+    # advantages: the floor's penalty raises its entropy, the same updates without the floor do not.
+    def entropies(min_entropy: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        obs_space = spaces.Box(0.0, 1.0, shape=(5,), dtype=np.float32)
+        policy = Policy(obs_space, spaces.Discrete(3), build_core("gru", input_dim=8, hidden_dim=8), head_dim=8)
+        with torch.no_grad():
+            policy.action_head.net[-1].bias.copy_(torch.tensor([6.0, 0.0, 0.0]))
+            policy.value_layer.weight.zero_()  # values 0 and rewards 0: advantages 0, so that the floor
+            policy.value_layer.bias.zero_()    # alone moves the policy
+        rollout = acted_rollout(policy)
+        rollout.rewards.zero_()
+        cfg = PPOConfig(num_envs=4, rollout_length=8, num_minibatches=1, update_epochs=4, ent_coef=0.0,
+                        min_entropy=min_entropy)
+        optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2, eps=1e-5)
+        measured = []
+        for _ in range(6):
+            with torch.no_grad():
+                dist, _, _ = policy(rollout.obs, rollout.prev_actions, rollout.prev_rewards,
+                                    policy.initial_state(4), rollout.resets)
+            measured.append(dist.entropy().mean().item())
+            ppo_update(policy, optimizer, rollout, cfg, torch.Generator().manual_seed(0))
+        return measured[0], measured[-1]
+
+    floor = 0.05 * math.log(3)
+    before, without_floor = entropies(0.0)
+    _, with_floor = entropies(0.05)
+    assert before < floor
+    assert abs(without_floor - before) < 0.1 * before
+    assert with_floor > floor

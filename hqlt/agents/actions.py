@@ -96,6 +96,11 @@ class ActionHead(nn.Module):
     def forward(self, h: Tensor) -> ActionDistribution:
         return ActionDistribution(self.net(h), self.nvec, self.log_std)
 
+    @property
+    def max_entropy(self) -> float | None:
+        """The entropy of the uniform distribution over the actions (nats); None for continuous actions."""
+        return None if self.nvec is None else float(np.log(self.nvec).sum())
+
     def encode(self, actions: Tensor) -> Tensor:
         """actions `[..., *action_shape]` -> previous-action input `[..., input_dim]` (one-hot for discrete)."""
         if self.nvec is not None:

@@ -27,6 +27,10 @@ from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
 from hqlt.configs.schema import PPOConfig
 
+# Weight of the entropy floor's penalty: its gradient outweighs normalised advantages of a few std
+# (at a floor of 1% of a 4-action uniform entropy, that of advantages up to about 7).
+ENTROPY_FLOOR_WEIGHT = 1.0
+
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the update stopped before touching the parameters."""
@@ -68,6 +72,13 @@ def replay(
     return dist.log_prob(batch.actions), dist.entropy(), values, recall_loss
 
 
+def entropy_floor(policy: Policy, cfg: PPOConfig) -> float:
+    """The least entropy (nats) a state's action distribution may keep: agent.min_entropy of the
+    uniform distribution's; 0 for continuous actions (their entropy has no floor of that kind)."""
+    max_entropy = policy.action_head.max_entropy
+    return 0.0 if max_entropy is None else cfg.min_entropy * max_entropy
+
+
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
     """1 - Var(target - predicted) / Var(target); nan when the target is constant."""
     variance = target.var()
@@ -105,6 +116,13 @@ def ppo_update(
     minibatch_size = num_sequences // cfg.num_minibatches
     stats: dict[str, list[Tensor]] = defaultdict(list)
     trunk = policy.trunk_parameters()
+    floor = entropy_floor(policy, cfg)
+
+    def entropy_deficit(entropy: Tensor) -> Tensor:
+        """Mean shortfall of each step's entropy `[S, L]` below the floor: the states PPO made (nearly)
+        deterministic before trying their other actions, such as a T-Maze junction that the corridor's
+        "right" generalised to."""
+        return (floor - entropy).clamp(min=0).mean()
 
     for _epoch in range(cfg.update_epochs):
         order = torch.randperm(num_sequences, generator=generator).to(rollout.resets.device)
@@ -140,9 +158,10 @@ def ppo_update(
                 value_error = torch.max(value_error, ((clipped - batch.returns) / value_scale) ** 2)
             value_loss = 0.5 * value_error.mean()
 
-            # 5. Total loss with the entropy bonus and the episodic recall objective (on the trunk).
+            # 5. Total loss with the entropy bonus, the entropy floor and the episodic recall objective
+            # (on the trunk).
             entropy_mean = entropy.mean()
-            actor_loss = policy_loss - cfg.ent_coef * entropy_mean
+            actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit(entropy)
             critic_loss = cfg.vf_coef * value_loss
             loss = actor_loss + critic_loss + cfg.recall_coef * recall_loss
 

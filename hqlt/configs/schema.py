@@ -82,6 +82,10 @@ class PPOConfig:
     # Weight of the episodic recall objective (hqlt/agents/recall.py): the memory learns to keep what
     # told its episode apart from the others, before the policy acts on it; 0 turns it off.
     recall_coef: float = 0.1
+    # Least entropy of each step's action distribution, as a fraction of the uniform one's (discrete
+    # actions): below it a penalty holds the policy, so that a state the rest of the policy's
+    # determinism generalised to (a T-Maze junction) still tries its other actions; 0 turns it off.
+    min_entropy: float = 0.01
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
     # Stop an update's epochs early once the approximate KL passes this; null never stops.
@@ -224,6 +228,7 @@ def validate(cfg: TrainConfig) -> None:
         ("agent.ent_coef", agent.ent_coef, ">= 0"),
         ("agent.vf_coef", agent.vf_coef, ">= 0"),
         ("agent.recall_coef", agent.recall_coef, ">= 0"),
+        ("agent.min_entropy", agent.min_entropy, "in [0, 1]"),
         ("agent.max_grad_norm", agent.max_grad_norm, "> 0"),
     ]
     if agent.target_kl is not None:
