@@ -67,7 +67,7 @@ SUITES = {
             "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=1024"],
             "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
                                   "agent.rollout_length=101"],
-            "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=128",
+            "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=64",
                                    "agent.rollout_length=1001"],
         },
         "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
