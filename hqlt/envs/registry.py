@@ -3,11 +3,14 @@
 Every env reachable through `make` is listed in ENV_IDS; its observations are of a contract kind
 (see hqlt.envs.spaces), and it reports info["success"] at episode end (gymnasium's
 RecordEpisodeStatistics adds return, length and time; make_vector records all four in info["episode"]).
+Besides them, an id `module:EnvId` (gymnasium's form) names an env of your own: `module` registers
+EnvId with gymnasium when imported, in every process that makes the env (IMPALA's actors too).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +20,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid ids)
 import popgym  # noqa: F401  (registers the popgym-<Name><Level>-v0 ids)
 from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
-from gymnasium.envs.registration import load_env_creator
+from gymnasium.envs.registration import EnvSpec, load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 from hqlt.envs.checks import require_int
@@ -81,22 +84,52 @@ FAMILIES: tuple[Family, ...] = (
 )
 ENV_IDS: tuple[str, ...] = tuple(env_id for family in FAMILIES for env_id in family.ids)
 _FAMILY_OF: dict[str, Family] = {env_id: family for family in FAMILIES for env_id in family.ids}
+# Envs named `module:EnvId`: their ids are not known before the module is imported; success is theirs
+# to report (nan where they do not).
+USER_FAMILY = Family("user", (), defines_success=False)
+
+
+def is_user_env_id(env_id: str) -> bool:
+    """Whether `env_id` has gymnasium's `module:EnvId` form."""
+    return ":" in env_id
+
+
+def user_env_spec(env_id: str) -> EnvSpec:
+    """The gymnasium spec of a `module:EnvId` id, after importing `module`; ValueError if the import
+    fails or does not register EnvId."""
+    module, _, name = env_id.partition(":")
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(
+            f"env id {env_id!r}: cannot import {module!r} ({error}); an id module:EnvId names a module that "
+            f"registers EnvId with gymnasium when imported"
+        ) from error
+    if name not in gym.registry:
+        raise ValueError(f"env id {env_id!r}: importing {module!r} did not register {name!r} with gymnasium")
+    return gym.registry[name]
 
 
 def _family(env_id: str) -> Family:
     if env_id in _FAMILY_OF:
         return _FAMILY_OF[env_id]
+    if is_user_env_id(str(env_id)):
+        user_env_spec(env_id)
+        return USER_FAMILY
     close = difflib.get_close_matches(str(env_id), ENV_IDS, n=3)
     listing = "\n".join(
         f"  {family.name} ({len(family.ids)} ids), e.g. {', '.join(family.ids[:3])}" for family in FAMILIES
     )
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown env id {env_id!r}.{hint} Known families:\n{listing}\nAll ids: hqlt.envs.ENV_IDS")
+    raise ValueError(
+        f"unknown env id {env_id!r}.{hint} Known families:\n{listing}\nAll ids: hqlt.envs.ENV_IDS; your own env: "
+        "module:EnvId"
+    )
 
 
 def _check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> None:
     """Rejects keyword arguments the env's constructor does not take, naming the ones it does."""
-    entry_point = gym.spec(env_id).entry_point
+    entry_point = (user_env_spec(env_id) if is_user_env_id(env_id) else gym.spec(env_id)).entry_point
     creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     parameters = inspect.signature(creator).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
