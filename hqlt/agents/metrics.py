@@ -38,5 +38,20 @@ UPDATE_TAGS = {
     "replay_error": "train/replay_error",
 }
 
+# impala_update's summary keys -> tags: what PPO has too keeps PPO's tag.
+IMPALA_UPDATE_TAGS = {
+    **{name: UPDATE_TAGS[name] for name in ("loss", "policy_loss", "value_loss", "entropy", "explained_variance",
+                                            "grad_norm")},
+    # fraction of the steps whose importance ratio pi/mu was clipped at rho_bar: how off-policy the batch was
+    "rho_clip_fraction": "train/rho_clip_fraction",
+}
+# IMPALA's collection, once per update: the mean policy lag (in updates) of the segments trained on,
+# the segments dropped so far for a lag above agent.max_policy_lag, the env steps per second that the
+# actors delivered (dropped segments included) and the fraction of the learner's time spent waiting.
+POLICY_LAG = "impala/policy_lag"
+DROPPED_SEGMENTS = "impala/dropped_segments"
+ACTOR_SPS = "perf/actor_sps"
+LEARNER_IDLE = "perf/learner_idle"
+
 # Memory diagnostics of the core (core.last_diagnostics) are logged as memory/<name>.
 MEMORY_PREFIX = "memory/"

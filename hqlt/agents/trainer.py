@@ -30,6 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -42,7 +43,7 @@ from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, sa
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
-from hqlt.configs.schema import ConfigError, TrainConfig, validate
+from hqlt.configs.schema import ConfigError, ImpalaConfig, PPOConfig, TrainConfig, validate
 from hqlt.envs import make_envs
 from hqlt.memory import build_core, core_options
 
@@ -177,6 +178,18 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
+def env_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """`make_envs`' keyword arguments for the run's envs on `device`, the env's own kwargs included."""
+    return dict(device=device, vectorization=cfg.env.vectorization, asynchronous=cfg.async_envs, **cfg.env.kwargs)
+
+
+def build_policy(cfg: TrainConfig, observation_space: gym.Space, action_space: gym.Space) -> Policy:
+    """The run's policy for envs with these spaces: the core of cfg.memory, the widths of cfg.agent."""
+    memory = cfg.memory
+    core = build_core(memory.core, input_dim=cfg.agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
+    return Policy(observation_space, action_space, core, cfg.agent.head_dim)
+
+
 def evaluate(collector: Collector, episodes: int, greedy: bool, seed: int) -> dict[str, float]:
     """Runs `episodes` episodes on the collector's envs; mean return, success and length.
 
@@ -242,35 +255,42 @@ class SigintGuard:
 
 
 class Trainer:
-    """One run of `cfg`; `run()` trains to `cfg.total_steps` and returns the final summary."""
+    """One PPO run of `cfg`; `run()` trains to `cfg.total_steps` and returns the final summary.
+
+    The section "PPO" holds what is PPO's own: where the experience comes from, the update, what a
+    checkpoint keeps of the episodes. ImpalaTrainer (hqlt.agents.impala) replaces that section and
+    keeps the rest: the loop, logging, evaluation, checkpoints, resume and signal handling.
+    """
+
+    # The agent schema this trainer runs.
+    AGENT: type = PPOConfig
+    # What steps_per_update counts, for messages.
+    STEPS_PER_UPDATE = "num_envs x rollout_length"
 
     def __init__(self, cfg: TrainConfig) -> None:
         validate(cfg)
+        if not isinstance(cfg.agent, self.AGENT):
+            raise ConfigError(
+                f"{type(self).__name__} trains {self.AGENT.__name__}, not agent={cfg.agent.name}: hqlt.agents.train(cfg) "
+                f"picks the agent's trainer"
+            )
         self.cfg = cfg
         agent = cfg.agent
         self.device = resolve_device(cfg.device, cfg.cpu_threads, cfg.tf32)
         distributed.init(self.device)
         self.seed = cfg.seed + distributed.rank() * RANK_SEED_OFFSET
         seed_everything(self.seed)
-        env_kwargs = dict(cfg.env.kwargs)
         try:
-            vectorization = dict(device=self.device, vectorization=cfg.env.vectorization, asynchronous=cfg.async_envs)
-            self.envs = make_envs(cfg.env.id, agent.num_envs, self.seed, **vectorization, **env_kwargs)
-            eval_envs = make_envs(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **vectorization, **env_kwargs)
-            core = build_core(
-                cfg.memory.core, input_dim=agent.encoder_dim, hidden_dim=cfg.memory.hidden_dim, **cfg.memory.options
-            )
+            eval_envs = make_envs(cfg.env.id, cfg.eval.num_envs, cfg.seed + EVAL_SEED_OFFSET, **env_options(cfg, self.device))
+            self.policy = build_policy(cfg, eval_envs.single_observation_space, eval_envs.single_action_space)
+            self.policy.to(self.device)
+            self._build_experience()
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space, core, agent.head_dim)
-        self.policy.to(self.device)
         # fused: one kernel per step for all parameters (on CPU a third of the foreach version's time)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=agent.learning_rate, eps=1e-5, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # the same minibatch order on every rank
-        sequence_length = agent.sequence_length or agent.rollout_length
-        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture)
         self.eval_collector = Collector(self.policy, eval_envs, self.device, 1, 1, cfg.capture)
-        self.steps_per_update = agent.num_envs * agent.rollout_length * distributed.world_size()
         self.num_updates = math.ceil(cfg.total_steps / self.steps_per_update)
         self.update = 0
         self.global_step = 0
@@ -280,7 +300,7 @@ class Trainer:
         if cfg.resume:
             run_dir = self._resume(Path(cfg.resume))
         else:
-            self.collector.restart(self.seed)
+            self._start_experience(self.seed, None)
             run_dir = new_run_dir(cfg) if distributed.is_main() else None
         # Every config error is behind us: from here on the ranks meet in collectives.
         self.run_dir: Path = distributed.broadcast_object(run_dir)
@@ -338,7 +358,7 @@ class Trainer:
             bar.close()
             if self.writer is not None:
                 self.writer.close()
-            self.collector.envs.close()
+            self._close_experience()
             self.eval_collector.envs.close()
         return summary
 
@@ -348,22 +368,64 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
 
-        rollout, episodes = self.collector.collect()
+        experience, episodes = self._collect()
         self.global_step += self.steps_per_update
         self._log_episodes(merge_episodes(distributed.all_gather_objects(episodes)))
 
-        stats = ppo_update(self.policy, self.optimizer, rollout, agent, self.generator)
+        self._log(self._update(experience))
         self.update += 1
-        self._log({metrics.UPDATE_TAGS[name]: value for name, value in stats.items()})
         self._log({metrics.LEARNING_RATE: learning_rate})
         diagnose = self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates
-        if diagnose and self.writer is not None:  # of rank 0's rollout
-            diagnostics = self._memory_diagnostics(rollout)
+        if diagnose and self.writer is not None:  # of rank 0's experience
+            diagnostics = self._memory_diagnostics(experience)
             self._log({metrics.MEMORY_PREFIX + name: value for name, value in diagnostics.items()})
 
         previous_step = self.global_step - self.steps_per_update
         if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:
             self._log_summary(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+
+    # ------------------------------------------------------------------ PPO
+
+    def _build_experience(self) -> None:
+        """The training envs and their collector; sets steps_per_update (env steps of all ranks per update)."""
+        cfg, agent = self.cfg, self.cfg.agent
+        self.envs = make_envs(cfg.env.id, agent.num_envs, self.seed, **env_options(cfg, self.device))
+        sequence_length = agent.sequence_length or agent.rollout_length
+        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture)
+        self.steps_per_update = agent.num_envs * agent.rollout_length * distributed.world_size()
+
+    def _start_experience(self, seed: int, saved: dict[str, Any] | None) -> None:
+        """Fresh episodes seeded with `seed`, or the episodes of a checkpoint (`saved`, see `_experience_state`)."""
+        if saved is None:
+            self.collector.restart(seed)
+        else:
+            restore_collector(self.collector, saved)
+
+    def _experience_state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of the episodes in flight; None: they start afresh on resume."""
+        return collector_state(self.collector)
+
+    def _collect(self) -> tuple[Rollout, EpisodeStats]:
+        """The experience of one update, and the episodes that ended in it."""
+        return self.collector.collect()
+
+    def _update(self, rollout: Rollout) -> dict[str, float]:
+        """One update on the experience; its statistics by TensorBoard tag."""
+        stats = ppo_update(self.policy, self.optimizer, rollout, self.cfg.agent, self.generator)
+        return {metrics.UPDATE_TAGS[name]: value for name, value in stats.items()}
+
+    def _replay_for_diagnostics(self, rollout: Rollout, count: int) -> None:
+        """Replays up to `count` training sequences of the experience (the caller records the diagnostics)."""
+        zeros = torch.zeros_like(rollout.values)
+        batch = training_sequences(rollout, zeros, zeros)
+        replay(self.policy, batch.rows(torch.arange(min(count, batch.resets.shape[0]))))
+
+    def _agent_hparams(self) -> dict[str, Any]:
+        """The agent's settings on the HParams tab (besides the learning rate)."""
+        return {"num_envs": self.cfg.agent.num_envs, "rollout_length": self.cfg.agent.rollout_length}
+
+    def _close_experience(self) -> None:
+        self.collector.envs.close()
 
     # ------------------------------------------------------------------ logging
 
@@ -386,15 +448,13 @@ class Trainer:
         if not math.isnan(summary["success"]):
             self._log({success_tag: summary["success"]})
 
-    def _memory_diagnostics(self, rollout: Rollout) -> dict[str, float]:
-        """The core's diagnostics over a few training sequences, replayed without gradients."""
+    def _memory_diagnostics(self, experience: Any) -> dict[str, float]:
+        """The core's diagnostics over a few training sequences of `experience`, replayed without gradients."""
         core = self.policy.core
-        zeros = torch.zeros_like(rollout.values)
-        batch = training_sequences(rollout, zeros, zeros)
         core.record_diagnostics = True
         try:
             with torch.no_grad():
-                replay(self.policy, batch.rows(torch.arange(min(DIAGNOSTIC_SEQUENCES, batch.resets.shape[0]))))
+                self._replay_for_diagnostics(experience, DIAGNOSTIC_SEQUENCES)
         finally:
             core.record_diagnostics = False
         return dict(core.last_diagnostics)
@@ -450,8 +510,7 @@ class Trainer:
             "seed": cfg.seed,
             "hidden_dim": cfg.memory.hidden_dim,
             "total_steps": cfg.total_steps,
-            "num_envs": cfg.agent.num_envs,
-            "rollout_length": cfg.agent.rollout_length,
+            **self._agent_hparams(),
             "learning_rate": cfg.agent.learning_rate,
             **{f"memory.{name}": hparam_value(value) for name, value in options.items()},
         }
@@ -478,7 +537,7 @@ class Trainer:
                     "counters": {"update": self.update, "global_step": self.global_step},
                     "rng": capture_rng(self.generator),
                     "lr_schedule": dataclasses.asdict(self.schedule),
-                    "collector": collector_state(self.collector),
+                    "collector": self._experience_state(),
                 },
             )
             for old in sorted(path.parent.glob("step*.pt"))[: -self.cfg.keep_checkpoints]:
@@ -501,7 +560,7 @@ class Trainer:
         if self.global_step != self.update * self.steps_per_update:
             raise ConfigError(
                 f"cannot resume {path}: it made {self.global_step // self.update} env steps per update, this "
-                f"run makes {self.steps_per_update} (num_envs x rollout_length x processes): resume it with "
+                f"run makes {self.steps_per_update} ({self.STEPS_PER_UPDATE} x processes): resume it with "
                 f"as many processes as it was trained with"
             )
         self.policy.load_state_dict(checkpoint["model"])
@@ -514,10 +573,7 @@ class Trainer:
             seed_everything(restart_seed(self.seed, self.global_step))
             self.generator.set_state(checkpoint["rng"]["generator"])
             saved = None
-        if saved is None:
-            self.collector.restart(restart_seed(self.seed, self.global_step))
-        else:
-            restore_collector(self.collector, saved)
+        self._start_experience(restart_seed(self.seed, self.global_step), saved)
         self.last_checkpoint, self.checkpoint_step = path, self.global_step
         return path.resolve().parent.parent
 
@@ -537,5 +593,9 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Trains one run of `cfg` (see Trainer) and returns its final summary."""
-    return Trainer(cfg).run()
+    """Trains one run of `cfg` with its agent's trainer (Trainer: PPO, ImpalaTrainer: IMPALA) and returns
+    its final summary."""
+    from hqlt.agents.impala import ImpalaTrainer  # it builds on this module
+
+    trainer = ImpalaTrainer if isinstance(cfg.agent, ImpalaConfig) else Trainer
+    return trainer(cfg).run()

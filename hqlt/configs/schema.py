@@ -3,7 +3,7 @@
 The Hydra tree beside this file (env/, memory/, agent/, experiment/) fills these dataclasses; a key
 that is not declared here fails at composition, and `validate` rejects values that are declared but
 wrong (unknown core, unknown env id, sizes that do not divide, rates out of range), each time naming
-the valid choices.
+the valid choices. Each agent has a schema of its own (AGENT_SCHEMAS), picked by `agent.name`.
 """
 
 from __future__ import annotations
@@ -97,6 +97,59 @@ class PPOConfig:
 
 
 @dataclass
+class ImpalaConfig:
+    """IMPALA: actor processes step envs with a recent copy of the policy and send fixed-length segments
+    to a V-trace learner (hqlt.agents.impala); and the policy around the memory core."""
+
+    name: str = "impala"
+    num_actors: int = 2
+    envs_per_actor: int = 8
+    # Env steps per segment (T): what one actor sends at a time, and the length the learner trains on.
+    # Gradients never cross a segment start: a memory that must span N steps needs T > N.
+    segment_length: int = 64
+    # Shared-memory segment buffers the actors fill and the learner empties; at least batch_segments.
+    num_buffers: int = 8
+    # Segments per update (each holds envs_per_actor env rows).
+    batch_segments: int = 2
+    # Segments collected more than this many updates ago are dropped (and counted) instead of trained on.
+    max_policy_lag: int = 4
+    # R2D2's burn-in: the steps before each segment (at most segment_length) are replayed without
+    # gradient to refresh the stored core state with the current parameters; 0 trains from the stored state.
+    burn_in: int = 0
+    learning_rate: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    # V-trace's truncation of the importance ratios (Espeholt et al. 2018): rho_bar for the targets'
+    # deltas and the policy gradient, c_bar for the traces.
+    rho_bar: float = 1.0
+    c_bar: float = 1.0
+    # PopArt value normalisation, as in PPOConfig; the policy gradient is normalised by the same std.
+    normalize_values: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    # PPO's entropy floor (PPOConfig.min_entropy): a fraction of the uniform distribution's entropy.
+    min_entropy: float = 0.01
+    max_grad_norm: float = 0.5
+    encoder_dim: int = 64
+    head_dim: int = 64
+
+
+# agent.name -> the agent's schema.
+AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig}
+
+
+def agent_config(agent: Any) -> PPOConfig | ImpalaConfig:
+    """The agent section as its schema's dataclass: `agent` itself if it is one, else a mapping (a
+    checkpoint's stored config) read into the schema its `name` picks (default ppo)."""
+    if isinstance(agent, tuple(AGENT_SCHEMAS.values())):
+        return agent
+    name = agent.get("name", "ppo")
+    if name not in AGENT_SCHEMAS:
+        raise ConfigError(f"unknown agent {name!r} (agent.name); valid agents: {', '.join(AGENT_SCHEMAS)}")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AGENT_SCHEMAS[name]), agent))
+
+
+@dataclass
 class EvalConfig:
     """Evaluation episodes on separate envs: every `interval` env steps (0: only at the end)."""
 
@@ -113,7 +166,9 @@ class TrainConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    agent: PPOConfig = field(default_factory=PPOConfig)
+    # One of AGENT_SCHEMAS (OmegaConf types no union of schemas): the agent group's files load their
+    # schema; a plain mapping (a checkpoint's stored config) becomes one in __post_init__.
+    agent: Any = field(default_factory=lambda: {"name": "ppo"})
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     total_steps: int = 200_000
@@ -137,6 +192,9 @@ class TrainConfig:
     capture: bool | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.agent = agent_config(self.agent)
+
 
 def id_label(env_id: str) -> str:
     """An env id as a run directory name: ids such as hqlt/TMazePassive-v0 hold a '/'."""
@@ -156,11 +214,15 @@ def env_name(preset_id: str | None = None, label: str = "", *kwarg_names: str, _
 
 
 def register_schemas() -> None:
-    """Registers the root schema as `train_schema` (the first entry of config.yaml's defaults) and the
-    resolvers the config tree uses: `hqlt.env_name` and `hqlt.help` (`python train_rl.py --help`)."""
+    """Registers the root schema as `train_schema` (the first entry of config.yaml's defaults), each
+    agent's as `agent/<name>_schema`, and the resolvers the config tree uses: `hqlt.env_name` and
+    `hqlt.help` (`python train_rl.py --help`)."""
     from hqlt.configs.help import help_text
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name, schema in AGENT_SCHEMAS.items():  # agent/<name>.yaml lists <name>_schema in its defaults
+        store.store(group="agent", name=f"{name}_schema", node=schema)
     OmegaConf.register_new_resolver("hqlt.env_name", env_name, replace=True)
     OmegaConf.register_new_resolver("hqlt.help", help_text, replace=True)
 
@@ -174,12 +236,13 @@ def env_id_error(env_id: str | None) -> ConfigError:
     else:
         problem, close = f"unknown env id {env_id!r} (env.id)", difflib.get_close_matches(env_id, ENV_IDS, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    return ConfigError(f"{problem}; {hint}valid ids: {', '.join(ENV_IDS)}")
+    own = "module:EnvId for an env that the module registers when imported"
+    return ConfigError(f"{problem}; {hint}valid ids: {', '.join(ENV_IDS)}; or {own}")
 
 
 def validate(cfg: TrainConfig) -> None:
     """Raises ConfigError for values the schema's types cannot catch."""
-    from hqlt.envs import BATCHED_IDS, ENV_IDS, VECTORIZATIONS, has_batched_port
+    from hqlt.envs import BATCHED_IDS, ENV_IDS, VECTORIZATIONS, has_batched_port, is_user_env_id, user_env_spec
     from hqlt.memory import CORE_NAMES, core_options
 
     if cfg.memory.core not in CORE_NAMES:
@@ -188,7 +251,12 @@ def validate(cfg: TrainConfig) -> None:
     if unknown_options:
         valid = ", ".join(core_options(cfg.memory.core)) or "none"
         raise ConfigError(f"unknown memory.options {unknown_options} for core {cfg.memory.core!r}; its options: {valid}")
-    if cfg.env.id not in ENV_IDS:
+    if is_user_env_id(cfg.env.id):
+        try:
+            user_env_spec(cfg.env.id)
+        except ValueError as error:
+            raise ConfigError(f"{error} (env.id)") from error
+    elif cfg.env.id not in ENV_IDS:
         raise env_id_error(cfg.env.id)
     for key, name in (("env.name", cfg.env.name), ("memory.name", cfg.memory.name)):
         if "/" in name:
@@ -207,35 +275,49 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("async_envs=true runs gymnasium envs in subprocesses; it needs env.vectorization=gymnasium or auto")
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         raise ConfigError(f"unknown device {cfg.device!r}; valid choices: {', '.join(DEVICES)}")
-    agent = cfg.agent
+    if AGENT_SCHEMAS.get(cfg.agent.name) is not type(cfg.agent):
+        raise ConfigError(
+            f"agent.name={cfg.agent.name!r} is not the name of the agent whose keys these are "
+            f"({type(cfg.agent).__name__}); choose the agent with agent=<name>: {', '.join(AGENT_SCHEMAS)}"
+        )
     bounds = [
         ("total_steps", cfg.total_steps, ">= 1"),
-        ("agent.num_envs", agent.num_envs, ">= 1"),
-        ("agent.rollout_length", agent.rollout_length, ">= 1"),
-        ("agent.update_epochs", agent.update_epochs, ">= 1"),
         ("memory.hidden_dim", cfg.memory.hidden_dim, ">= 1"),
         ("eval.num_envs", cfg.eval.num_envs, ">= 1"),
         ("eval.episodes", cfg.eval.episodes, ">= 1"),
         ("keep_checkpoints", cfg.keep_checkpoints, ">= 1"),
-        ("agent.sequence_length", agent.sequence_length, ">= 0"),
         ("eval.interval", cfg.eval.interval, ">= 0"),
         ("checkpoint_interval", cfg.checkpoint_interval, ">= 0"),
         ("cpu_threads", cfg.cpu_threads, ">= 0"),
-        ("agent.learning_rate", agent.learning_rate, "> 0"),
-        ("agent.gamma", agent.gamma, "in [0, 1]"),
-        ("agent.gae_lambda", agent.gae_lambda, "in [0, 1]"),
-        ("agent.clip_coef", agent.clip_coef, "> 0"),
-        ("agent.ent_coef", agent.ent_coef, ">= 0"),
-        ("agent.vf_coef", agent.vf_coef, ">= 0"),
-        ("agent.recall_coef", agent.recall_coef, ">= 0"),
-        ("agent.min_entropy", agent.min_entropy, "in [0, 1]"),
-        ("agent.max_grad_norm", agent.max_grad_norm, "> 0"),
+        *agent_bounds(cfg.agent),
     ]
-    if agent.target_kl is not None:
-        bounds.append(("agent.target_kl", agent.target_kl, "> 0"))
     for key, value, bound in bounds:
         if not BOUNDS[bound](value):  # nan fails every bound
             raise ConfigError(f"{key} must be {bound}, got {value}")
+    if isinstance(cfg.agent, PPOConfig):
+        validate_ppo_sizes(cfg.agent)
+    else:
+        validate_impala(cfg)
+
+
+def agent_bounds(agent: PPOConfig | ImpalaConfig) -> list[tuple[str, float, str]]:
+    """(key, value, bound) of every numeric key of the agent section that has a bound."""
+    shared = [("learning_rate", "> 0"), ("gamma", "in [0, 1]"), ("ent_coef", ">= 0"), ("vf_coef", ">= 0"),
+              ("max_grad_norm", "> 0")]
+    if isinstance(agent, PPOConfig):
+        own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
+               ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]")]
+        if agent.target_kl is not None:
+            own.append(("target_kl", "> 0"))
+    else:
+        own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
+               ("batch_segments", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"), ("rho_bar", "> 0"),
+               ("c_bar", "> 0"), ("min_entropy", "in [0, 1]")]
+    return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
+
+
+def validate_ppo_sizes(agent: PPOConfig) -> None:
+    """Raises ConfigError unless the training sequences cut the rollout and the minibatches evenly."""
     sequence_length = agent.sequence_length or agent.rollout_length
     if agent.rollout_length % sequence_length:
         raise ConfigError(
@@ -246,4 +328,24 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"agent.num_minibatches={agent.num_minibatches} must divide the number of training sequences "
             f"per rollout ({num_sequences} = num_envs x rollout_length / sequence_length)"
+        )
+
+
+def validate_impala(cfg: TrainConfig) -> None:
+    """Raises ConfigError for IMPALA settings that cannot run together."""
+    agent = cfg.agent
+    if agent.burn_in > agent.segment_length:
+        raise ConfigError(
+            f"agent.burn_in={agent.burn_in} must be <= agent.segment_length={agent.segment_length}: the burn-in "
+            f"prefix is the end of the previous segment"
+        )
+    if agent.num_buffers < agent.batch_segments:
+        raise ConfigError(
+            f"agent.num_buffers={agent.num_buffers} must be >= agent.batch_segments={agent.batch_segments}: the "
+            f"learner waits for batch_segments filled buffers at once"
+        )
+    if cfg.async_envs:
+        raise ConfigError(
+            "async_envs=true steps envs in subprocesses of one process; IMPALA's actors are processes already: "
+            "raise agent.num_actors instead"
         )
