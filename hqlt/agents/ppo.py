@@ -27,9 +27,10 @@ from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
 from hqlt.configs.schema import PPOConfig
 
-# Weight of the entropy floor's penalty: its gradient outweighs normalised advantages of a few std
-# (at a floor of 1% of a 4-action uniform entropy, that of advantages up to about 7).
-ENTROPY_FLOOR_WEIGHT = 1.0
+# Weight of the entropy floor's penalty, so that the floor holds as a constraint: near it, the penalty's
+# gradient outweighs that of normalised advantages up to about 70 (at 1% of a 4-action uniform
+# entropy); at weight 1 T-Maze's corridor sank to a sixth of the floor (benchmarks/RESULTS.md).
+ENTROPY_FLOOR_WEIGHT = 10.0
 
 
 class NonFiniteLossError(RuntimeError):
