@@ -1,6 +1,6 @@
-"""agent=impala: the learner's replay of a fresh segment reproduces the actor for every core, a run
-with 2 actor processes learns passive T-Maze 20, actor crashes end the run naming the actor, the lag
-bound drops stale segments, the trainer's tags, checkpoints, resume and signals, and config errors."""
+"""agent=impala: the learner's replay of a fresh segment reproduces the actor for every core, actor
+crashes end the run naming the actor, the lag bound drops stale segments, the trainer's tags,
+checkpoints, resume and signals, and config errors (learning: tests/test_impala_learning.py)."""
 
 import copy
 import functools
@@ -79,27 +79,10 @@ def test_replay_of_a_fresh_segment_reproduces_the_actor(core, burn_in):
     segments, rollout, _ = actor.segment()
     pool = SegmentPool(segments.rows(torch.tensor([0])), num_buffers=2, rows=3, context=multiprocessing.get_context("spawn"))
     pool.write(1, segments)
-    log_probs, _, values, bootstrap_values = replay_segments(policy, pool.read([1]), burn_in)
+    log_probs, _, values, bootstrap_values, _ = replay_segments(policy, pool.read([1]), burn_in)
     torch.testing.assert_close(log_probs, rollout.log_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(values, rollout.values, rtol=0, atol=1e-5)
     torch.testing.assert_close(bootstrap_values, rollout.next_values, rtol=0, atol=1e-5)
-
-
-# A small hqlt core: with V-trace's plain policy gradient the recurrent cores (lstm, gru) make the
-# T-Maze's junction as deterministic as its corridor before a turn is tried (benchmarks/RESULTS.md,
-# "IMPALA: stale states and burn-in"); segments of 21 steps hold exactly one episode each.
-TMAZE_20 = [
-    "agent=impala", "memory=hqlt", "memory.hidden_dim=32", "memory.options.num_layers=1", "memory.options.num_heads=2",
-    "agent.encoder_dim=32", "agent.head_dim=32", "agent.num_actors=2", "agent.envs_per_actor=8",
-    "agent.segment_length=21", "agent.batch_segments=2", "agent.num_buffers=4", "agent.learning_rate=1e-3",
-    "agent.ent_coef=0.03", "env.kwargs.corridor_length=20", "total_steps=150000", "eval.episodes=32",
-    "checkpoint_interval=0", "device=cpu", "progress=false",
-]
-
-
-def test_two_actors_learn_passive_tmaze_20(tmp_path):
-    summary = train(compose([*TMAZE_20, f"log_dir={tmp_path}"]))
-    assert summary["eval_success"] >= 0.9, summary
 
 
 def test_an_env_of_your_own_is_made_by_module_and_id():

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from hqlt.agents import distributed, metrics
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import ENTROPY_FLOOR_WEIGHT, NonFiniteLossError, entropy_floor, explained_variance
+from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
 from hqlt.agents.trainer import Trainer, TrainingError, build_policy, env_options, merge_episodes, seed_everything
 from hqlt.agents.vtrace import vtrace
@@ -154,9 +155,12 @@ class Actor:
         return segments, rollout, episodes
 
 
-def replay_segments(policy: Policy, segments: Segments, burn_in: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def replay_segments(
+    policy: Policy, segments: Segments, burn_in: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Re-runs the policy over the segments from their stored states: log-probs of the taken actions,
-    entropies and values, each `[N, T]`, and the values `[N]` of the observations after the segments.
+    entropies and values, each `[N, T]`, the values `[N]` of the observations after the segments, and
+    the episodic recall loss over the T steps (as PPO's `replay`; 0 without `generator`).
 
     The burn-in prefix (the first `burn_in` steps) runs without gradient: it only brings the stored
     states up to date with the current parameters. The T steps and the step after them run from there.
@@ -166,18 +170,27 @@ def replay_segments(policy: Policy, segments: Segments, burn_in: int) -> tuple[T
     if burn_in:
         with torch.no_grad():
             _, _, states = policy(*(x[:, :burn_in] for x in inputs), states, segments.resets[:, :burn_in])
-    dist, values, _ = policy(*(x[:, burn_in:] for x in inputs), states, segments.resets[:, burn_in:])
+    y, features, _ = policy.memory(*(x[:, burn_in:] for x in inputs), states, segments.resets[:, burn_in:])
+    dist, values = policy.action_head(y), policy.critic(y).squeeze(-1)
     # The step after the segment is replayed for its value alone: any action fills its place.
     actions = torch.cat([segments.actions, segments.actions[:, -1:]], dim=1)
     log_probs, entropy = dist.log_prob(actions), dist.entropy()
-    return log_probs[:, :-1], entropy[:, :-1], values[:, :-1], values[:, -1].detach()
+    recall_loss = y.new_zeros(())
+    if generator is not None:
+        resets = segments.resets[:, burn_in:-1]
+        recall_loss = policy.recall.loss(y[:, :-1], features[:, :-1], resets, RECALL_PAIRS, generator)
+    return log_probs[:, :-1], entropy[:, :-1], values[:, :-1], values[:, -1].detach(), recall_loss
 
 
-def impala_update(policy: Policy, optimizer: torch.optim.Optimizer, segments: Segments, cfg: ImpalaConfig) -> dict[str, float]:
+def impala_update(
+    policy: Policy, optimizer: torch.optim.Optimizer, segments: Segments, cfg: ImpalaConfig, generator: torch.Generator
+) -> dict[str, float]:
     """One V-trace actor-critic step on a batch of segments; returns its losses and diagnostics (means
-    over ranks)."""
+    over ranks). `generator` draws the episodic recall objective's pairs."""
     # 1. Re-run the core from the stored states: the burn-in without gradient, then the segments.
-    log_probs, entropy, values, bootstrap_values = replay_segments(policy, segments, cfg.burn_in)
+    log_probs, entropy, values, bootstrap_values, recall_loss = replay_segments(
+        policy, segments, cfg.burn_in, generator if cfg.recall_coef else None
+    )
 
     # 2. V-trace targets and advantages of the current policy from the behaviour policy's steps.
     # The value after step t is the next step's, the final observation's where truncated, and the
@@ -192,14 +205,15 @@ def impala_update(policy: Policy, optimizer: torch.optim.Optimizer, segments: Se
 
     # 3. Losses in units of the value statistics' std (PopArt; 1 without normalize_values), so that
     # neither the policy gradient nor the value loss grows with the reward scale; the entropy bonus,
-    # and PPO's entropy floor under every step's entropy (a T-Maze junction that the corridor's
-    # "right" generalised to keeps trying its turns).
+    # PPO's entropy floor under every step's entropy (a T-Maze junction that the corridor's "right"
+    # generalised to keeps trying its turns) and PPO's episodic recall objective on the memory.
     value_scale = policy.value_layer.std
     policy_loss = -(advantages / value_scale * log_probs).mean()
     value_loss = 0.5 * (((values - vs) / value_scale) ** 2).mean()
     entropy_mean = entropy.mean()
     entropy_deficit = (entropy_floor(policy, cfg) - entropy).clamp(min=0).mean()
-    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit
+    actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit
+    loss = actor_loss + cfg.vf_coef * value_loss + cfg.recall_coef * recall_loss
 
     # 4. Gradients averaged over ranks (with the loss, so that a NaN/inf on any rank stops all), the
     # norm clipped, no step on a NaN/inf loss or gradient.
@@ -214,18 +228,19 @@ def impala_update(policy: Policy, optimizer: torch.optim.Optimizer, segments: Se
         )
     optimizer.step()
 
-    # 5. The value statistics follow the targets, and the reward input's scale the rewards: after the
-    # step, since the backward pass needed the output layer's weights as they were (PopArt rescales
-    # them in place, keeping the values); the actors get both with the parameters.
+    # 5. The value statistics follow the targets: after the step, since the backward pass needed the
+    # output layer's weights as they were (PopArt rescales them in place, keeping the values). The
+    # reward input's scale (Policy.update_reward_scale, which PPO moves) stays at 1: moved here, it
+    # kept passive T-Maze 20 from being learned (benchmarks/RESULTS.md, "IMPALA: learning the T-Maze").
     if cfg.normalize_values:
         policy.value_layer.update(vs)
-    policy.update_reward_scale(segments.rewards)
 
     summary = {
         "loss": loss.item(),
         "policy_loss": policy_loss.item(),
         "value_loss": value_loss.item(),
         "entropy": entropy_mean.item(),
+        "recall_loss": recall_loss.item(),
         "grad_norm": grad_norm.item(),
         "rho_clip_fraction": (log_rhos.exp() > cfg.rho_bar).float().mean().item(),
         "explained_variance": explained_variance(values.detach().flatten(), vs.flatten()),
@@ -513,7 +528,7 @@ class ImpalaTrainer(Trainer):
         return Collected(segments, stats), merge_episodes([sent.episodes for sent in received])
 
     def _update(self, collected: Collected) -> dict[str, float]:
-        stats = impala_update(self.policy, self.optimizer, collected.segments, self.cfg.agent)
+        stats = impala_update(self.policy, self.optimizer, collected.segments, self.cfg.agent, self.generator)
         return {**{metrics.IMPALA_UPDATE_TAGS[name]: value for name, value in stats.items()}, **collected.stats}
 
     def _replay_for_diagnostics(self, collected: Collected, count: int) -> None:

@@ -40,8 +40,8 @@ UPDATE_TAGS = {
 
 # impala_update's summary keys -> tags: what PPO has too keeps PPO's tag.
 IMPALA_UPDATE_TAGS = {
-    **{name: UPDATE_TAGS[name] for name in ("loss", "policy_loss", "value_loss", "entropy", "explained_variance",
-                                            "grad_norm")},
+    **{name: UPDATE_TAGS[name] for name in ("loss", "policy_loss", "value_loss", "entropy", "recall_loss",
+                                            "explained_variance", "grad_norm")},
     # fraction of the steps whose importance ratio pi/mu was clipped at rho_bar: how off-policy the batch was
     "rho_clip_fraction": "train/rho_clip_fraction",
 }

@@ -1,4 +1,5 @@
-"""A training run: envs, policy, PPO updates, TensorBoard, evaluation, checkpoints.
+"""A training run: envs, policy, PPO updates, TensorBoard, evaluation, checkpoints (IMPALA's trainer,
+hqlt.agents.impala, replaces the PPO parts and shares the rest).
 
     train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
 
@@ -425,6 +426,7 @@ class Trainer:
         return {"num_envs": self.cfg.agent.num_envs, "rollout_length": self.cfg.agent.rollout_length}
 
     def _close_experience(self) -> None:
+        """Releases what `_build_experience` made (at the end of `run`, also after an error)."""
         self.collector.envs.close()
 
     # ------------------------------------------------------------------ logging

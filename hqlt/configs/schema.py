@@ -127,7 +127,8 @@ class ImpalaConfig:
     normalize_values: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
-    # PPO's entropy floor (PPOConfig.min_entropy): a fraction of the uniform distribution's entropy.
+    # PPO's episodic recall objective and entropy floor (PPOConfig.recall_coef, .min_entropy).
+    recall_coef: float = 0.1
     min_entropy: float = 0.01
     max_grad_norm: float = 0.5
     encoder_dim: int = 64
@@ -312,7 +313,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig) -> list[tuple[str, float, str]
     else:
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"), ("rho_bar", "> 0"),
-               ("c_bar", "> 0"), ("min_entropy", "in [0, 1]")]
+               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]")]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
