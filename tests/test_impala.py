@@ -23,6 +23,7 @@ from hqlt.agents.checkpoint import load_checkpoint
 from hqlt.agents.impala import ACTOR_SEED_OFFSET, Actor, SegmentPool, replay_segments
 from hqlt.agents.trainer import TrainingInterrupted
 from hqlt.configs import ConfigError, compose, validate
+from hqlt.configs.schema import ImpalaConfig
 from hqlt.envs import make, make_envs
 from hqlt.memory import build_core
 
@@ -138,6 +139,8 @@ def test_a_run_logs_the_ppo_tags_keeps_the_lag_bound_and_checkpoints(tmp_path):
     assert checkpoint["collector"] is None  # the actors' episodes stay in their processes
     assert checkpoint["counters"] == {"update": 6, "global_step": 6 * STEPS_PER_UPDATE}
     assert checkpoint["config"]["agent"]["name"] == "impala"
+    _, stored = Policy.from_checkpoint(run_dir / "checkpoints" / checkpoints[-1])  # as hqlt.evaluate reads it
+    assert isinstance(stored.agent, ImpalaConfig)
     assert_no_actor_left()
 
 
@@ -237,6 +240,15 @@ def test_bad_values_fail_validation_naming_the_key(impala_config, key, value, me
     assert message in str(error.value)
 
 
-def test_keys_of_another_agent_fail_at_composition_with_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown config key 'agent.num_envs'; valid keys at agent: name, num_actors"):
-        compose(["agent=impala", "agent.num_envs=4"])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["agent.num_envs=4"], "unknown config key 'agent.num_envs'; valid keys at agent: name, num_actors"),
+        (["agent.segment_length=abc"], "agent.segment_length: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["experiment=tmaze_passive_100"], "agent.rollout_length: Key 'rollout_length' not in 'ImpalaConfig'; the keys of"),
+    ],
+)
+def test_keys_of_another_agent_and_mistyped_values_fail_at_composition(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        compose(["agent=impala", *overrides])
+    assert message in str(error.value)

@@ -309,7 +309,6 @@ class SegmentSent:
     """An actor's message on the full queue: its segment is in `buffer`, collected with parameter
     version `version`; `episodes` ended in it."""
 
-    actor: int
     buffer: int
     version: int
     episodes: EpisodeStats
@@ -363,7 +362,7 @@ def run_actor(index: int, cfg: TrainConfig, seed: int, channels: Channels) -> No
                 version = channels.parameters.pull(policy, version)
                 segments, _, episodes = actor.segment()
                 channels.pool.write(buffer, segments)
-                channels.pool.full.put(SegmentSent(index, buffer, version, episodes))
+                channels.pool.full.put(SegmentSent(buffer, version, episodes))
         channels.pool.full.cancel_join_thread()  # stopping: messages the learner no longer reads may go
     except BaseException:
         channels.errors.put(ActorFailure(index, traceback.format_exc()))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -147,7 +148,12 @@ def agent_config(agent: Any) -> PPOConfig | ImpalaConfig:
     name = agent.get("name", "ppo")
     if name not in AGENT_SCHEMAS:
         raise ConfigError(f"unknown agent {name!r} (agent.name); valid agents: {', '.join(AGENT_SCHEMAS)}")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AGENT_SCHEMAS[name]), agent))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AGENT_SCHEMAS[name]), agent))
+    except OmegaConfBaseException as error:  # a key the schema lacks, a value of the wrong type
+        where = f"agent.{error.full_key}" if error.full_key else f"agent={name}"
+        valid = ", ".join(f.name for f in fields(AGENT_SCHEMAS[name]))
+        raise ConfigError(f"{where}: {str(error).splitlines()[0]}; the keys of agent={name}: {valid}") from None
 
 
 @dataclass
@@ -167,8 +173,9 @@ class TrainConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    # One of AGENT_SCHEMAS (OmegaConf types no union of schemas): the agent group's files load their
-    # schema; a plain mapping (a checkpoint's stored config) becomes one in __post_init__.
+    # One of AGENT_SCHEMAS, picked by agent.name (OmegaConf types no union of schemas): composed as a
+    # plain mapping (the agent group's file, a checkpoint's stored config), checked and typed against
+    # its schema in __post_init__.
     agent: Any = field(default_factory=lambda: {"name": "ppo"})
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
@@ -215,15 +222,11 @@ def env_name(preset_id: str | None = None, label: str = "", *kwarg_names: str, _
 
 
 def register_schemas() -> None:
-    """Registers the root schema as `train_schema` (the first entry of config.yaml's defaults), each
-    agent's as `agent/<name>_schema`, and the resolvers the config tree uses: `hqlt.env_name` and
-    `hqlt.help` (`python train_rl.py --help`)."""
+    """Registers the root schema as `train_schema` (the first entry of config.yaml's defaults) and the
+    resolvers the config tree uses: `hqlt.env_name` and `hqlt.help` (`python train_rl.py --help`)."""
     from hqlt.configs.help import help_text
 
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    for name, schema in AGENT_SCHEMAS.items():  # agent/<name>.yaml lists <name>_schema in its defaults
-        store.store(group="agent", name=f"{name}_schema", node=schema)
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("hqlt.env_name", env_name, replace=True)
     OmegaConf.register_new_resolver("hqlt.help", help_text, replace=True)
 
