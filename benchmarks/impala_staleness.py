@@ -156,7 +156,7 @@ def main() -> None:
     errors = staleness_errors(policy, snapshots, lags, burn_ins, args.seed)
     rows = [[lag, burn_in, f"{kl:.4f}", f"{junction_kl:.4f}", f"{value_error:.4f}"]
             for (lag, burn_in), (kl, junction_kl, value_error) in sorted(errors.items())]
-    error_table = markdown_table(["lag (updates)", "burn-in B", "KL(exact || replayed), segment mean",
+    error_table = markdown_table(["lag (updates)", "burn-in B", "KL(exact, replayed), segment mean",
                                   "KL at the turn", "mean |value error|"], rows)
     print(error_table, flush=True)
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]
