@@ -53,7 +53,9 @@ from torch import Tensor, nn
 
 from hqlt.agents import distributed, metrics
 from hqlt.agents.policy import Policy
-from hqlt.agents.ppo import ENTROPY_FLOOR_WEIGHT, NonFiniteLossError, entropy_floor, explained_variance
+from hqlt.agents.ppo import (
+    ENTROPY_FLOOR_WEIGHT, NonFiniteLossError, entropy_deficit, entropy_floor, explained_variance,
+)
 from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
 from hqlt.agents.trainer import Trainer, TrainingError, build_policy, env_options, merge_episodes, seed_everything
@@ -211,8 +213,8 @@ def impala_update(
     policy_loss = -(advantages / value_scale * log_probs).mean()
     value_loss = 0.5 * (((values - vs) / value_scale) ** 2).mean()
     entropy_mean = entropy.mean()
-    entropy_deficit = (entropy_floor(policy, cfg) - entropy).clamp(min=0).mean()
-    actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit
+    floor_deficit = entropy_deficit(entropy, entropy_floor(policy, cfg))
+    actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * floor_deficit
     loss = actor_loss + cfg.vf_coef * value_loss + cfg.recall_coef * recall_loss
 
     # 4. Gradients averaged over ranks (with the loss, so that a NaN/inf on any rank stops all), the

@@ -80,6 +80,13 @@ def entropy_floor(policy: Policy, cfg: PPOConfig) -> float:
     return 0.0 if max_entropy is None else cfg.min_entropy * max_entropy
 
 
+def entropy_deficit(entropy: Tensor, floor: float) -> Tensor:
+    """Mean shortfall of each step's entropy (any shape, e.g. `[S, L]`) below `floor`: the states made
+    (nearly) deterministic before their other actions were tried, such as a T-Maze junction that the
+    corridor's "right" generalised to."""
+    return (floor - entropy).clamp(min=0).mean()
+
+
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
     """1 - Var(target - predicted) / Var(target); nan when the target is constant."""
     variance = target.var()
@@ -119,12 +126,6 @@ def ppo_update(
     trunk = policy.trunk_parameters()
     floor = entropy_floor(policy, cfg)
 
-    def entropy_deficit(entropy: Tensor) -> Tensor:
-        """Mean shortfall of each step's entropy `[S, L]` below the floor: the states PPO made (nearly)
-        deterministic before trying their other actions, such as a T-Maze junction that the corridor's
-        "right" generalised to."""
-        return (floor - entropy).clamp(min=0).mean()
-
     for _epoch in range(cfg.update_epochs):
         order = torch.randperm(num_sequences, generator=generator).to(rollout.resets.device)
         for start in range(0, num_sequences, minibatch_size):
@@ -162,7 +163,7 @@ def ppo_update(
             # 5. Total loss with the entropy bonus, the entropy floor and the episodic recall objective
             # (on the trunk).
             entropy_mean = entropy.mean()
-            actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit(entropy)
+            actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * entropy_deficit(entropy, floor)
             critic_loss = cfg.vf_coef * value_loss
             loss = actor_loss + critic_loss + cfg.recall_coef * recall_loss
 
