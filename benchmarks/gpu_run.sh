@@ -3,11 +3,12 @@
 #   bash benchmarks/gpu_run.sh "COMMAND" ["COMMAND" ...]
 # Installs the carried wheels (WHEELS, default .whl) into /tmp/site, runs every COMMAND at once from
 # the repo root (each one's output in $OUT/logs.tar.gz as <k>.log), waits for all, then packs what
-# they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under runs/ into
+# they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under RUNS (default runs/) into
 # $OUT/runs.tar.gz (checkpoints left out).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_run}
 WHEELS=${WHEELS:-.whl}
+RUNS=${RUNS:-runs}  # where the commands write their runs (outside a carried folder, to outlive the next call)
 mkdir -p "$OUT" logs
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
@@ -28,5 +29,5 @@ for k in "${!pids[@]}"; do
 done
 tar -czf "$OUT/logs.tar.gz" logs
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
-[ -d runs ] && tar -czf "$OUT/runs.tar.gz" --exclude='*.pt' runs
+[ -d "$RUNS" ] && tar -czf "$OUT/runs.tar.gz" --exclude="*.pt" -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
 ls -la "$OUT"

@@ -1,7 +1,8 @@
 """Learning on the memory suites: many training runs side by side, curves and a table against anchors.
 
-    python benchmarks/memory_suite.py SUITE [--cores hqlt,transformer,deltanet,lstm] [--seeds 0,1,2]
-        [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS] [-- OVERRIDE ...]
+    python benchmarks/memory_suite.py SUITE [--tasks TASK,...] [--cores hqlt,transformer,deltanet,lstm] [--seeds 0,1,2]
+        [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS] [--resume]
+        [-- OVERRIDE ...]
 
 SUITE is one of SUITES below: tasks (each a list of config overrides, e.g. an experiment preset) and
 the cores' sizes (the paper's for its comparison, else the memory presets). Every (task, core, seed)
@@ -10,6 +11,9 @@ each run on the GPU). Each task's runs are then read back from their TensorBoard
 (hqlt.compare): a PNG of training success and return per core, mean and min..max over seeds, and a
 table of final greedy evaluation per core next to the anchor published for the task, written into
 benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
+--resume continues the suite's earlier runs from their latest checkpoints (a run stopped at the time
+limit saves one), so that a suite longer than one device call runs over several; --summarize only reads
+back the runs under --log-dir (e.g. copied from the device machine) and writes the curves and table.
 """
 
 from __future__ import annotations
@@ -79,6 +83,12 @@ ANCHORS = {
 }
 
 
+def latest_checkpoint(core_dir: Path, seed: str) -> Path | None:
+    """The newest checkpoint of the runs `<core_dir>/seed<seed>-*/`, or None if there is none."""
+    checkpoints = sorted(core_dir.glob(f"seed{seed}-*/checkpoints/step*.pt"), key=lambda path: path.name)
+    return checkpoints[-1] if checkpoints else None
+
+
 def run_all(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, time_limit: float | None) -> None:
     """Runs `(name, argv)` commands, at most `jobs` at once; each one's output goes to log_dir/<name>.log."""
     pending, running = list(commands), []
@@ -135,6 +145,7 @@ def summarize_task(task: str, task_dir: Path, out_dir: Path) -> list[list[object
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite")
+    parser.add_argument("--tasks", default=None, help="a subset of the suite's tasks (default: all)")
     parser.add_argument("--cores", default="hqlt,transformer,deltanet,lstm")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int, default=8)
@@ -142,6 +153,8 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("runs/suites"))
     parser.add_argument("--time-limit", type=float, default=None, help="stop every run after this many seconds")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue the runs under --log-dir from their checkpoints")
+    parser.add_argument("--summarize", action="store_true", help="train nothing: summarize the runs under --log-dir")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -149,28 +162,42 @@ def main() -> None:
     if args.suite not in SUITES:
         parser.error(f"unknown suite {args.suite!r}; suites: {', '.join(SUITES)}")
     tasks, core_overrides = SUITES[args.suite]["tasks"], SUITES[args.suite]["cores"]
+    if args.tasks is not None:
+        unknown = sorted(set(args.tasks.split(",")) - set(tasks))
+        if unknown:
+            parser.error(f"suite {args.suite} has no task(s) {unknown}; its tasks: {', '.join(tasks)}")
+        tasks = {task: tasks[task] for task in args.tasks.split(",")}
     unknown = sorted(set(args.cores.split(",")) - set(core_overrides))
     if unknown:
         parser.error(f"suite {args.suite} has no sizes for core(s) {unknown}; its cores: {', '.join(core_overrides)}")
     suite_dir = args.log_dir / args.suite
-    if suite_dir.exists():
+    if args.summarize:
+        summarize(args, tasks, suite_dir, "runs read back")
+        return
+    if suite_dir.exists() and not args.resume:
         shutil.rmtree(suite_dir)
-    suite_dir.mkdir(parents=True)
+    suite_dir.mkdir(parents=True, exist_ok=True)
     commands = []
     for task, task_overrides in tasks.items():
         for core in args.cores.split(","):
             for seed in args.seeds.split(","):
-                argv = [
-                    sys.executable, "train_rl.py", *task_overrides, *core_overrides[core], f"memory.name={core}",
-                    f"seed={seed}", f"device={args.device}", f"env.name={task}", f"log_dir={suite_dir}",
-                    "progress=false", *args.overrides,
-                ]
+                checkpoint = latest_checkpoint(suite_dir / task / core, seed) if args.resume else None
+                # a resumed run keeps its checkpoint's config; the overrides may change keys such as total_steps
+                run = ([f"resume={checkpoint}"] if checkpoint is not None else [
+                    *task_overrides, *core_overrides[core], f"memory.name={core}", f"seed={seed}",
+                    f"env.name={task}", f"log_dir={suite_dir}",
+                ])
+                argv = [sys.executable, "train_rl.py", *run, f"device={args.device}", "progress=false", *args.overrides]
                 commands.append((f"{task}-{core}-seed{seed}", argv))
     print(f"{len(commands)} runs, {args.jobs} at a time", flush=True)
     start = time.monotonic()
     run_all(commands, args.jobs, suite_dir, args.time_limit)
     minutes = (time.monotonic() - start) / 60
+    summarize(args, tasks, suite_dir, f"{len(commands)} runs, {args.jobs} at a time, {minutes:.1f} min")
 
+
+def summarize(args: argparse.Namespace, tasks: dict[str, list[str]], suite_dir: Path, how: str) -> None:
+    """Curves and the table of the suite's runs under suite_dir, printed and (--record) recorded."""
     rows = [row for task in tasks for row in summarize_task(task, suite_dir / task, suite_dir)]
     header = ["task", "core", "seeds", "env steps", "final success", "final return", "MMER"]
     if args.suite == "popgym_suite":
@@ -179,7 +206,7 @@ def main() -> None:
     table = markdown_table(header, rows)
     command = "python benchmarks/memory_suite.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     anchor = ANCHORS.get(args.suite, "")
-    body = (f"`{command}` ({len(commands)} runs, {args.jobs} at a time, {minutes:.1f} min). Final = greedy "
+    body = (f"`{command}` ({how}). Final = greedy "
             f"evaluation at the end of each run, mean ± std over seeds. Curves: `{suite_dir}/*.png`."
             + (f" Anchor: {anchor}." if anchor else "") + f"\n\n{table}")
     print(body)
