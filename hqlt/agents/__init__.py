@@ -1,4 +1,4 @@
-"""hqlt.agents: the recurrent actor-critic, rollout storage, PPO over whole rollouts and V-trace.
+"""hqlt.agents: the recurrent actor-critic, rollout storage, PPO over whole rollouts, V-trace and SAC-Discrete.
 
     from hqlt.agents import train
     from hqlt.configs import compose
@@ -8,6 +8,7 @@
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, compute_gae, ppo_update, replay
 from hqlt.agents.rollout import Collector, Rollout, SequenceBatch, training_sequences
+from hqlt.agents.sac import SacTrainer, sac_update, soft_q_targets
 from hqlt.agents.trainer import Trainer, TrainingError, evaluate, train
 from hqlt.agents.vtrace import vtrace
 
@@ -16,6 +17,7 @@ __all__ = [
     "NonFiniteLossError",
     "Policy",
     "Rollout",
+    "SacTrainer",
     "SequenceBatch",
     "Trainer",
     "TrainingError",
@@ -23,6 +25,8 @@ __all__ = [
     "evaluate",
     "ppo_update",
     "replay",
+    "sac_update",
+    "soft_q_targets",
     "train",
     "training_sequences",
     "vtrace",

@@ -53,5 +53,20 @@ DROPPED_SEGMENTS = "impala/dropped_segments"
 ACTOR_SPS = "perf/actor_sps"
 LEARNER_IDLE = "perf/learner_idle"
 
+# sac_update's summary keys -> tags (means over the updates after a collection).
+SAC_UPDATE_TAGS = {
+    "critic_loss": "loss/critic",  # 1/2 the squared soft TD error of each Q head, summed over the two
+    "actor_loss": "loss/actor",
+    "alpha_loss": "loss/temperature",
+    "entropy": UPDATE_TAGS["entropy"],  # of the actor on the replayed steps
+    "alpha": "sac/alpha",
+    "q_mean": "sac/q_mean",  # min of the two Q heads at the replayed actions
+    "target_mean": "sac/target_mean",  # the soft TD targets
+    "critic_grad_norm": "train/critic_grad_norm",
+    "actor_grad_norm": "train/actor_grad_norm",
+}
+# The sequences the replay buffer holds, once per collection.
+REPLAY_SEQUENCES = "sac/replay_sequences"
+
 # Memory diagnostics of the core (core.last_diagnostics) are logged as memory/<name>.
 MEMORY_PREFIX = "memory/"

@@ -1,5 +1,5 @@
 """A training run: envs, policy, PPO updates, TensorBoard, evaluation, checkpoints (IMPALA's trainer,
-hqlt.agents.impala, replaces the PPO parts and shares the rest).
+hqlt.agents.impala, and SAC's, hqlt.agents.sac, replace the PPO parts and share the rest).
 
     train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
 
@@ -44,7 +44,7 @@ from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, sa
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
-from hqlt.configs.schema import ConfigError, ImpalaConfig, PPOConfig, TrainConfig, validate
+from hqlt.configs.schema import ConfigError, ImpalaConfig, PPOConfig, SACConfig, TrainConfig, validate
 from hqlt.envs import make_envs
 from hqlt.memory import build_core, core_options
 
@@ -425,6 +425,13 @@ class Trainer:
         """The agent's settings on the HParams tab (besides the learning rate)."""
         return {"num_envs": self.cfg.agent.num_envs, "rollout_length": self.cfg.agent.rollout_length}
 
+    def _learner_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the learner besides the policy and its optimiser (PPO: nothing)."""
+        return {}
+
+    def _restore_learner(self, saved: dict[str, Any]) -> None:
+        """Puts back what `_learner_state` returned (from a checkpoint, on the CPU)."""
+
     def _close_experience(self) -> None:
         """Releases what `_build_experience` made (at the end of `run`, also after an error)."""
         self.collector.envs.close()
@@ -540,6 +547,7 @@ class Trainer:
                     "rng": capture_rng(self.generator),
                     "lr_schedule": dataclasses.asdict(self.schedule),
                     "collector": self._experience_state(),
+                    "learner": self._learner_state(),
                 },
             )
             for old in sorted(path.parent.glob("step*.pt"))[: -self.cfg.keep_checkpoints]:
@@ -567,6 +575,7 @@ class Trainer:
             )
         self.policy.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._restore_learner(checkpoint.get("learner", {}))  # checkpoints before SAC have none
         self.schedule = self._resumed_schedule(LearningRateSchedule(**checkpoint["lr_schedule"]), path)
         saved = checkpoint["collector"]
         if distributed.is_main():  # the checkpoint holds rank 0's random streams and episodes
@@ -595,9 +604,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Trains one run of `cfg` with its agent's trainer (Trainer: PPO, ImpalaTrainer: IMPALA) and returns
-    its final summary."""
-    from hqlt.agents.impala import ImpalaTrainer  # it builds on this module
+    """Trains one run of `cfg` with its agent's trainer (Trainer: PPO, ImpalaTrainer: IMPALA, SacTrainer:
+    SAC-Discrete) and returns its final summary."""
+    from hqlt.agents.impala import ImpalaTrainer  # they build on this module
+    from hqlt.agents.sac import SacTrainer
 
-    trainer = ImpalaTrainer if isinstance(cfg.agent, ImpalaConfig) else Trainer
+    trainer = {ImpalaConfig: ImpalaTrainer, SACConfig: SacTrainer}.get(type(cfg.agent), Trainer)
     return trainer(cfg).run()

@@ -26,6 +26,7 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda value: value >= 0,
     "> 0": lambda value: value > 0,
     "in [0, 1]": lambda value: 0 <= value <= 1,
+    "in (0, 1]": lambda value: 0 < value <= 1,
 }
 
 
@@ -136,11 +137,49 @@ class ImpalaConfig:
     head_dim: int = 64
 
 
+@dataclass
+class SACConfig:
+    """Recurrent SAC-Discrete (hqlt.agents.sac): envs stepped as for PPO, their training sequences kept in
+    a replay buffer, twin soft Q-functions on a memory core of their own; and the policy around the
+    memory core. Discrete action spaces only."""
+
+    name: str = "sac"
+    num_envs: int = 16
+    # Env steps per env per collection; each collection is followed by updates_per_collect updates.
+    rollout_length: int = 64
+    # Training sequence length; 0: rollout_length. Must divide rollout_length.
+    sequence_length: int = 0
+    # Training sequences the replay buffer keeps (the oldest are overwritten); at least one collection's.
+    replay_size: int = 2048
+    # Sequences per gradient step.
+    batch_size: int = 32
+    # Gradient steps per collection: with the other sizes, the replay ratio (env steps trained on per env
+    # step collected) is updates_per_collect x batch_size / (num_envs x rollout_length / sequence_length).
+    updates_per_collect: int = 4
+    # Env steps collected before the first update.
+    learning_starts: int = 5000
+    # Adam's learning rate of the actor, the critics and the temperature.
+    learning_rate: float = 3e-4
+    anneal_lr: bool = False
+    gamma: float = 0.99
+    # Polyak weight of the online critic in each update of the target critic.
+    tau: float = 0.005
+    # Target entropy as a fraction of the uniform policy's, log|A|. Christodoulou's 0.98 keeps the
+    # policy close to uniform (the temperature grows until it is), too high to commit to a remembered
+    # choice; 0.3 leaves one action about 90% of the probability among 3-4 actions.
+    target_entropy_ratio: float = 0.3
+    # The temperature alpha at the start (it is learned as log alpha).
+    initial_alpha: float = 0.1
+    max_grad_norm: float = 10.0
+    encoder_dim: int = 64
+    head_dim: int = 64
+
+
 # agent.name -> the agent's schema.
-AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig}
+AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig, "sac": SACConfig}
 
 
-def agent_config(agent: Any) -> PPOConfig | ImpalaConfig:
+def agent_config(agent: Any) -> PPOConfig | ImpalaConfig | SACConfig:
     """The agent section as its schema's dataclass: `agent` itself if it is one, else a mapping (a
     checkpoint's stored config) read into the schema its `name` picks (default ppo)."""
     if isinstance(agent, tuple(AGENT_SCHEMAS.values())):
@@ -300,15 +339,22 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be {bound}, got {value}")
     if isinstance(cfg.agent, PPOConfig):
         validate_ppo_sizes(cfg.agent)
+    elif isinstance(cfg.agent, SACConfig):
+        validate_sac_sizes(cfg.agent)
     else:
         validate_impala(cfg)
 
 
-def agent_bounds(agent: PPOConfig | ImpalaConfig) -> list[tuple[str, float, str]]:
+def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str, float, str]]:
     """(key, value, bound) of every numeric key of the agent section that has a bound."""
-    shared = [("learning_rate", "> 0"), ("gamma", "in [0, 1]"), ("ent_coef", ">= 0"), ("vf_coef", ">= 0"),
-              ("max_grad_norm", "> 0")]
-    if isinstance(agent, PPOConfig):
+    shared = [("learning_rate", "> 0"), ("gamma", "in [0, 1]"), ("max_grad_norm", "> 0")]
+    if not isinstance(agent, SACConfig):
+        shared += [("ent_coef", ">= 0"), ("vf_coef", ">= 0")]
+    if isinstance(agent, SACConfig):
+        own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("sequence_length", ">= 0"), ("replay_size", ">= 1"),
+               ("batch_size", ">= 1"), ("updates_per_collect", ">= 1"), ("learning_starts", ">= 0"),
+               ("tau", "in (0, 1]"), ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0")]
+    elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]")]
         if agent.target_kl is not None:
@@ -332,6 +378,23 @@ def validate_ppo_sizes(agent: PPOConfig) -> None:
         raise ConfigError(
             f"agent.num_minibatches={agent.num_minibatches} must divide the number of training sequences "
             f"per rollout ({num_sequences} = num_envs x rollout_length / sequence_length)"
+        )
+
+
+def validate_sac_sizes(agent: SACConfig) -> None:
+    """Raises ConfigError unless the training sequences cut the rollout evenly and the replay buffer
+    holds one collection's sequences and a batch."""
+    sequence_length = agent.sequence_length or agent.rollout_length
+    if agent.rollout_length % sequence_length:
+        raise ConfigError(
+            f"agent.sequence_length={agent.sequence_length} must divide agent.rollout_length={agent.rollout_length}"
+        )
+    per_collect = agent.num_envs * (agent.rollout_length // sequence_length)
+    if agent.replay_size < max(per_collect, agent.batch_size):
+        raise ConfigError(
+            f"agent.replay_size={agent.replay_size} must be >= {max(per_collect, agent.batch_size)}: it must hold "
+            f"one collection's sequences ({per_collect} = num_envs x rollout_length / sequence_length) and "
+            f"agent.batch_size={agent.batch_size}"
         )
 
 
