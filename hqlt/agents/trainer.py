@@ -4,8 +4,9 @@ hqlt.agents.impala, and SAC's, hqlt.agents.sac, replace the PPO parts and share 
     train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
 
 Checkpoints are taken at update boundaries and never change training. They hold the model, the
-optimiser, every RNG state, the learning-rate schedule and, with a batched env, the collector's carry
-and the env's state tensors: a run resumed from one continues exactly as the uninterrupted run.
+optimiser, every RNG state, the learning-rate schedule, what the learner keeps besides (`_learner_state`:
+SAC's critics, temperature and replay buffer) and, with a batched env, the collector's carry and the
+env's state tensors: a run resumed from one continues exactly as the uninterrupted run.
 Gymnasium vector envs cannot be saved: such a run resumes with fresh episodes (seeded from the step
 counter), the same in model, optimiser and random streams only.
 Ctrl-C or SIGTERM finishes the current rollout or update, saves a checkpoint, closes the writer and
