@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hqlt.agents import metrics, train
+from hqlt.agents import Policy, metrics, train
 from hqlt.agents.checkpoint import load_checkpoint
 from hqlt.agents.sac import SacTrainer, replay_actor, soft_q_targets, soft_values
 from hqlt.configs import ConfigError, compose
@@ -110,6 +110,8 @@ def test_resume_matches_an_uninterrupted_run_and_logs_the_sac_tags(tmp_path):
     assert set(final["learner"]) == {"critic", "target_critic", "log_alpha", "critic_optimizer", "alpha_optimizer", "replay"}
     assert set(final["collector"]) == {"collector", "critic_carry", "target_carry"}
     assert final["learner"]["replay"]["size"] == 16  # 4 collections of 4 sequences
+    policy, config = Policy.from_checkpoint(full_run / "checkpoints" / f"step{4 * STEPS_PER_UPDATE:010d}.pt")
+    assert config.agent.name == "sac" and policy.core.hidden_dim == 16  # the actor, for hqlt.evaluate
 
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     resumed_dir.mkdir(parents=True)

@@ -170,6 +170,8 @@ class SACConfig:
     target_entropy_ratio: float = 0.3
     # The temperature alpha at the start (it is learned as log alpha).
     initial_alpha: float = 0.1
+    # Clip of the actor's and the critic's gradient norms, each on its own: the losses are in reward
+    # units (no PopArt), so the clip is loose, against blow-ups only.
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
     head_dim: int = 64
@@ -348,21 +350,22 @@ def validate(cfg: TrainConfig) -> None:
 def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str, float, str]]:
     """(key, value, bound) of every numeric key of the agent section that has a bound."""
     shared = [("learning_rate", "> 0"), ("gamma", "in [0, 1]"), ("max_grad_norm", "> 0")]
-    if not isinstance(agent, SACConfig):
-        shared += [("ent_coef", ">= 0"), ("vf_coef", ">= 0")]
+    # PPO's and IMPALA's losses weigh an entropy bonus and a value loss; SAC's temperature is learned.
+    coefficients = [("ent_coef", ">= 0"), ("vf_coef", ">= 0")]
     if isinstance(agent, SACConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("sequence_length", ">= 0"), ("replay_size", ">= 1"),
                ("batch_size", ">= 1"), ("updates_per_collect", ">= 1"), ("learning_starts", ">= 0"),
                ("tau", "in (0, 1]"), ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
-               ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]")]
+               ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
+               *coefficients]
         if agent.target_kl is not None:
             own.append(("target_kl", "> 0"))
     else:
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"), ("rho_bar", "> 0"),
-               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]")]
+               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"), *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
