@@ -62,6 +62,9 @@ SAC_UPDATE_TAGS = {
     "alpha": "sac/alpha",
     "q_mean": "sac/q_mean",  # min of the two Q heads at the replayed actions
     "target_mean": "sac/target_mean",  # the soft TD targets
+    # mean |log pi(a_t) - log mu(a_t)| of the replayed actions, mu the policy that acted: how off-policy the
+    # replayed sequences are (0 for a fresh rollout)
+    "log_ratio": "sac/log_ratio",
     "critic_grad_norm": "train/critic_grad_norm",
     "actor_grad_norm": "train/actor_grad_norm",
 }

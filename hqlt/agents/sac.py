@@ -4,9 +4,9 @@ be a strong baseline for many POMDPs").
 
     python train_rl.py agent=sac [agent.updates_per_collect=8] [agent.target_entropy_ratio=0.3] ...
 
-    Collector (PPO's) ── rollout [N, T] ──> cut into sequences of L steps (+ the step after each),
-                                            the critics' start states computed once ──> replay ring buffer
-    sac_update  <── B sequences drawn uniformly ─────────────────────────────────────────┘
+    Collector (PPO's) ── rollout [N, T] ──> sequences of L steps (+ the step after each) and
+                                            the critics' start states ──> replay ring buffer
+    sac_update  <── B sequences drawn uniformly ──────────────────────────────┘
 
 The actor is the run's `Policy` and acts through the `Collector`, as PPO's does. The critic is a
 `SoftQNetwork`: an encoder and memory core of its own (a second `Policy`, of which only the input
@@ -116,11 +116,16 @@ class ReplaySequences:
     target_states: State
 
     def tensors(self) -> dict[str, Tensor | State]:
+        """The fields by name (a pytree of tensors)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def rows(self, index: Tensor) -> ReplaySequences:
         """The sequences at `index` (int `[S']`)."""
         return ReplaySequences(**pytree.tree_map(lambda x: x[index], self.tensors()))
+
+
+# The per-step fields of a rollout that ReplaySequences keeps for its L steps.
+TRANSITIONS = ("actions", "log_probs", "rewards", "terminated", "truncated")
 
 
 def replay_sequences(
@@ -143,7 +148,7 @@ def replay_sequences(
 
     return ReplaySequences(
         **{name: with_next(getattr(rollout, name), next_inputs[name]) for name in CARRY_FIELDS},
-        **{name: cut(getattr(rollout, name)) for name in ("actions", "log_probs", "rewards", "terminated", "truncated")},
+        **{name: cut(getattr(rollout, name)) for name in TRANSITIONS},
         actor_states={name: value.flatten(0, 1) for name, value in rollout.states.items()},
         critic_states=critic_states,
         target_states=target_states,
@@ -184,7 +189,9 @@ class ReplayBuffer:
                 lambda x: x.new_zeros(self.capacity, *x.shape[1:]), sequences.tensors()
             ))
         index = (self.position + torch.arange(count, device=sequences.rewards.device)) % self.capacity
-        pytree.tree_map(lambda stored, new: stored.index_copy_(0, index, new), self.storage.tensors(), sequences.tensors())
+        pytree.tree_map(
+            lambda stored, new: stored.index_copy_(0, index, new), self.storage.tensors(), sequences.tensors()
+        )
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
 
@@ -269,6 +276,8 @@ def sac_update(
     min_q = q.detach().min(0).values
     actor_loss = (pi_now * (alpha * log_pi_now - min_q)).sum(-1).mean()
     entropy = -(pi_now * log_pi_now).sum(-1)  # [B, L]
+    with torch.no_grad():  # how far the actor has moved from the policy that acted in these sequences
+        log_ratio = (log_pi_now.gather(-1, batch.actions)[..., 0] - batch.log_probs).abs().mean()
 
     # 5. Temperature loss: alpha grows while the entropy is below the target and shrinks above it.
     alpha_loss = (log_alpha * (entropy.detach() - learner.target_entropy)).mean()
@@ -296,7 +305,8 @@ def sac_update(
     return {
         "critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
         "entropy": entropy.mean().detach(), "alpha": alpha, "q_mean": taken.detach().min(0).values.mean(),
-        "target_mean": targets.mean(), "critic_grad_norm": critic_grad_norm, "actor_grad_norm": actor_grad_norm,
+        "target_mean": targets.mean(), "log_ratio": log_ratio, "critic_grad_norm": critic_grad_norm,
+        "actor_grad_norm": actor_grad_norm,
     }
 
 
@@ -355,7 +365,8 @@ class SacTrainer(Trainer):
             self.learner.target_critic, rollout, self.target_carry, self.sequence_length
         )
         collector = self.collector
-        next_inputs = dict(zip(CARRY_FIELDS, (collector.obs, collector.prev_action, collector.prev_reward, collector.resets)))
+        carry = (collector.obs, collector.prev_action, collector.prev_reward, collector.resets)
+        next_inputs = dict(zip(CARRY_FIELDS, carry))
         self.replay.add(replay_sequences(rollout, next_inputs, critic_states, target_states))
         return rollout, episodes
 
