@@ -188,7 +188,8 @@ def test_an_op_without_a_triton_kernel_runs_the_reference_with_one_warning(monke
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim,window", [(64, 64), (128, 100), (ODD_DIM, 20)] if CUDA else [(16, 6), (128, 40), (ODD_DIM, 6)])
+# at head dim 128 the kernel walks the ring in blocks of 16 slots: a window of 20 is a full block and a partial one
+@pytest.mark.parametrize("dim,window", [(64, 64), (128, 100), (ODD_DIM, 20)] if CUDA else [(16, 6), (128, 20), (ODD_DIM, 6)])
 def test_rollout_step_matches_sequence_op(dtype, dim, window):
     """T steps of the in-place step op (ring buffer, advance_ring between steps) equal one call of the
     sequence op on the same T steps, for the reference step and the Triton step kernel (which walks
