@@ -78,9 +78,12 @@ class SoftQNetwork(nn.Module):
             raise ConfigError(f"agent=sac (SAC-Discrete) takes Discrete action spaces; this env's is {space}")
         self.trunk = trunk
         hidden_dim = trunk.core.hidden_dim
+        # Q-values start near 0 for every action (small output gain, as the policy's logits): random
+        # differences between actions at the start would make the actor deterministic before the
+        # critic knows anything (an hqlt critic's start made passive T-Maze 10's actor collapse).
         self.heads = nn.ModuleList(
             nn.Sequential(init_layer(nn.Linear(hidden_dim, head_dim)), nn.ReLU(),
-                          init_layer(nn.Linear(head_dim, int(space.n)), gain=1.0))
+                          init_layer(nn.Linear(head_dim, int(space.n)), gain=0.01))
             for _ in range(2)
         )
 
