@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from hqlt.agents import Policy, metrics, train
 from hqlt.agents.checkpoint import load_checkpoint
-from hqlt.agents.sac import SacTrainer, replay_actor, soft_q_targets, soft_values
+from hqlt.agents.sac import SacTrainer, replay_actor, sac_update, soft_q_targets, soft_values
 from hqlt.configs import ConfigError, compose
 
 NUM_ENVS, ROLLOUT_LENGTH, SEQUENCE_LENGTH = 2, 8, 4
@@ -81,6 +81,21 @@ def test_replayed_sequences_reproduce_the_collector_and_the_critics_run_over_who
                                 batch.resets[:, :SEQUENCE_LENGTH])
     expected = q_rows.view(2, NUM_ENVS, 2, num_cuts, SEQUENCE_LENGTH, -1).transpose(1, 2).flatten(1, 3)  # rollout-major
     torch.testing.assert_close(q_sequences, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_steps_are_left_out_of_the_critic_loss(tmp_path):
+    """Their bootstrap (the value of info["final_obs"]) is not kept: a batch of truncated steps only
+    trains the actor and the temperature."""
+    trainer = SacTrainer(tiny_config(tmp_path))
+    trainer._collect()
+    batch = trainer.replay.sample(3, trainer.generator)
+    batch.truncated, batch.terminated = torch.ones_like(batch.truncated), torch.zeros_like(batch.terminated)
+    critic_before = [p.clone() for p in trainer.learner.critic.parameters()]
+    stats = sac_update(trainer.policy, trainer.optimizer, trainer.learner, batch, trainer.cfg.agent)
+    assert stats["critic_loss"] == 0 and stats["critic_grad_norm"] == 0
+    for before, after in zip(critic_before, trainer.learner.critic.parameters()):
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert stats["actor_grad_norm"] > 0
 
 
 @pytest.mark.parametrize("override, message", [
