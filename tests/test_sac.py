@@ -102,6 +102,7 @@ def test_truncated_steps_are_left_out_of_the_critic_loss(tmp_path):
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
     ("agent.target_entropy_ratio=1.5", r"agent.target_entropy_ratio must be in \[0, 1\], got 1.5"),
     ("agent.updates_per_collect=0", "agent.updates_per_collect must be >= 1"),
+    ("agent.reward_scale=0", "agent.reward_scale must be > 0, got 0"),
     ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),
     ("agent.sequence_length=3", "agent.sequence_length=3 must divide agent.rollout_length=8"),
     ("agent.ent_coef=0.1", "unknown config key 'agent.ent_coef'; valid keys at agent: name, num_envs"),

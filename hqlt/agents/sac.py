@@ -18,7 +18,7 @@ The math, per step t of a sequence (actions a of the Discrete space A, temperatu
     pi_t(a)      actor's distribution                         [B, L + 1, A]
     Q_i(t, a)    critic's heads i = 1, 2; Qbar_i the target's  [2, B, L, A] / [2, B, L + 1, A]
     V(t + 1)   = sum_a pi_{t+1}(a) (min_i Qbar_i(t + 1, a) - alpha log pi_{t+1}(a))       [B, L]
-    y_t        = r_t + gamma (1 - terminated_t) V(t + 1)                                   [B, L]
+    y_t        = c r_t + gamma (1 - terminated_t) V(t + 1),  c = agent.reward_scale           [B, L]
     critic loss      = mean over steps not truncated of sum_i 1/2 (Q_i(t, a_t) - y_t)^2
     actor loss       = mean_t sum_a pi_t(a) (alpha log pi_t(a) - min_i Q_i(t, a))   (Q detached)
     temperature loss = mean_t log alpha (H(pi_t) - H_target),  H_target = target_entropy_ratio log|A|
@@ -266,7 +266,7 @@ def sac_update(
 
         # 2. Soft targets: the soft value of the step after each, from the target critic and the actor.
         next_soft_values = soft_values(log_pi[:, 1:], target_q[:, :, 1:].min(0).values, alpha)
-        targets = soft_q_targets(batch.rewards, batch.terminated, next_soft_values, cfg.gamma)
+        targets = soft_q_targets(batch.rewards * cfg.reward_scale, batch.terminated, next_soft_values, cfg.gamma)
 
     # 3. Critic loss at the actions taken, without the truncated steps (their bootstrap is unknown).
     taken = q.gather(-1, batch.actions.expand(2, *batch.actions.shape))[..., 0]  # [2, B, L]

@@ -170,6 +170,11 @@ class SACConfig:
     target_entropy_ratio: float = 0.3
     # The temperature alpha at the start (it is learned as log alpha).
     initial_alpha: float = 0.1
+    # The critics learn the returns of rewards x reward_scale (the policy's reward input is unscaled).
+    # The entropy bonus competes with Q-value gaps in these units, and log alpha moves about
+    # learning_rate per update: with Visual Match's reward of 100 at scale 1 the gaps grow to tens
+    # while alpha stays near 0.1, and the policy collapses (entropy ~0.001 within 15k CPU steps).
+    reward_scale: float = 1.0
     # Clip of the actor's and the critic's gradient norms, each on its own: the losses are in reward
     # units (no PopArt), so the clip is loose, against blow-ups only.
     max_grad_norm: float = 10.0
@@ -355,7 +360,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str,
     if isinstance(agent, SACConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("sequence_length", ">= 0"), ("replay_size", ">= 1"),
                ("batch_size", ">= 1"), ("updates_per_collect", ">= 1"), ("learning_starts", ">= 0"),
-               ("tau", "in (0, 1]"), ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0")]
+               ("tau", "in (0, 1]"), ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"),
+               ("reward_scale", "> 0")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
