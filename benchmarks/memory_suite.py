@@ -12,7 +12,9 @@ each run on the GPU). Each task's runs are then read back from their TensorBoard
 table of final greedy evaluation per core next to the anchor published for the task, written into
 benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
 --resume continues the suite's earlier runs from their latest checkpoints (a run stopped at the time
-limit saves one), so that a suite longer than one device call runs over several; --summarize only reads
+limit saves one), so that a suite longer than one device call runs over several; the same command line
+serves, since a resumed run takes only the overrides its checkpoint does not keep (total_steps, eval.*,
+not agent=... or agent.*); --summarize only reads
 back the runs under --log-dir (e.g. copied from the device machine) and writes the curves and table.
 """
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import markdown_table, record  # noqa: E402
 
 from hqlt.compare import load_runs, plot  # noqa: E402
+from hqlt.configs import GROUPS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # POPGym's best MMER per task (POPGym paper, PPO, 15M steps; GRU unless another model was better).
@@ -81,6 +84,13 @@ ANCHORS = {
     "visual_match_750": "paper (SAC-Discrete, 2.0M steps): transformer best, hqlt close to it, one hqlt seed above 70% success",
     "tmaze_passive_1000": "Ni et al. 2023: transformers solve passive T-Maze up to memory length 1500",
 }
+
+
+def resumable_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a resumed run takes: not those of the config groups and seed, which its checkpoint
+    keeps (`agent=sac`, `agent.num_envs=64`), but keys such as total_steps."""
+    fixed = (*GROUPS, "seed")
+    return [override for override in overrides if override.lstrip("+~").split("=", 1)[0].split(".")[0] not in fixed]
 
 
 def latest_checkpoint(core_dir: Path, seed: str) -> Path | None:
@@ -182,12 +192,12 @@ def main() -> None:
         for core in args.cores.split(","):
             for seed in args.seeds.split(","):
                 checkpoint = latest_checkpoint(suite_dir / task / core, seed) if args.resume else None
-                # a resumed run keeps its checkpoint's config; the overrides may change keys such as total_steps
-                run = ([f"resume={checkpoint}"] if checkpoint is not None else [
-                    *task_overrides, *core_overrides[core], f"memory.name={core}", f"seed={seed}",
-                    f"env.name={task}", f"log_dir={suite_dir}",
-                ])
-                argv = [sys.executable, "train_rl.py", *run, f"device={args.device}", "progress=false", *args.overrides]
+                if checkpoint is None:
+                    run = [*task_overrides, *core_overrides[core], f"memory.name={core}", f"seed={seed}",
+                           f"env.name={task}", f"log_dir={suite_dir}", *args.overrides]
+                else:
+                    run = [f"resume={checkpoint}", *resumable_overrides(args.overrides)]
+                argv = [sys.executable, "train_rl.py", *run, f"device={args.device}", "progress=false"]
                 commands.append((f"{task}-{core}-seed{seed}", argv))
     print(f"{len(commands)} runs, {args.jobs} at a time", flush=True)
     start = time.monotonic()
