@@ -49,12 +49,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hqlt.agents import distributed, metrics
 from hqlt.agents.policy import Policy
 from hqlt.agents.ppo import (
-    ENTROPY_FLOOR_WEIGHT, NonFiniteLossError, entropy_deficit, entropy_floor, explained_variance,
+    ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance,
 )
 from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
@@ -217,18 +217,11 @@ def impala_update(
     actor_loss = policy_loss - cfg.ent_coef * entropy_mean + ENTROPY_FLOOR_WEIGHT * floor_deficit
     loss = actor_loss + cfg.vf_coef * value_loss + cfg.recall_coef * recall_loss
 
-    # 4. Gradients averaged over ranks (with the loss, so that a NaN/inf on any rank stops all), the
-    # norm clipped, no step on a NaN/inf loss or gradient.
+    # 4. The step: gradients averaged over ranks, clipped, never applied on a NaN/inf (as PPO's).
     optimizer.zero_grad()
     loss.backward()
-    ranks_loss = distributed.average_gradients(policy.parameters(), loss)
-    grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-    if not bool(torch.isfinite(ranks_loss) & torch.isfinite(grad_norm)):
-        raise NonFiniteLossError(
-            f"IMPALA loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
-            f"entropy {entropy_mean.item()}), gradient norm {grad_norm.item()}"
-        )
-    optimizer.step()
+    grad_norm = checked_step(policy, optimizer, loss, cfg.max_grad_norm, "IMPALA",
+                             {"policy": policy_loss, "value": value_loss, "entropy": entropy_mean})
 
     # 5. The value statistics follow the targets: after the step, since the backward pass needed the
     # output layer's weights as they were (PopArt rescales them in place, keeping the values). The

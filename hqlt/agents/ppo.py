@@ -106,6 +106,24 @@ def trunk_gradient_norms(trunk: list[nn.Parameter], critic_grads: tuple[Tensor |
     return torch.stack(actor).norm(), torch.stack(critic).norm()
 
 
+def checked_step(
+    policy: Policy, optimizer: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float, learner: str,
+    parts: dict[str, Tensor],
+) -> Tensor:
+    """Averages the gradients (already in `policy`'s parameters) over ranks, with `loss` so that a NaN/inf
+    loss on any rank stops every rank; clips their norm to `max_grad_norm` and steps, but raises
+    NonFiniteLossError (naming `learner` and the scalar loss `parts`) before any parameter changes if
+    the loss or the gradient is NaN/inf: the update's one host synchronisation. Returns the gradient
+    norm before clipping."""
+    ranks_loss = distributed.average_gradients(policy.parameters(), loss)
+    grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    if not bool(torch.isfinite(ranks_loss) & torch.isfinite(grad_norm)):
+        described = ", ".join(f"{name} {value.item()}" for name, value in parts.items())
+        raise NonFiniteLossError(f"{learner} loss is {loss.item()} ({described}), gradient norm {grad_norm.item()}")
+    optimizer.step()
+    return grad_norm
+
+
 def ppo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -179,17 +197,9 @@ def ppo_update(
                 stats["policy_grad_norm"].append(policy_grad_norm)
                 stats["value_grad_norm"].append(value_grad_norm)
 
-            # 7. Average the gradients over ranks, with the loss so that a NaN/inf loss on any rank stops
-            # every rank; step with the gradient norm clipped, but never on a NaN/inf loss or gradient
-            # (the update's one host synchronisation per minibatch).
-            ranks_loss = distributed.average_gradients(policy.parameters(), loss)
-            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            if not bool(torch.isfinite(ranks_loss) & torch.isfinite(grad_norm)):
-                raise NonFiniteLossError(
-                    f"PPO loss is {loss.item()} (policy {policy_loss.item()}, value {value_loss.item()}, "
-                    f"entropy {entropy_mean.item()}), gradient norm {grad_norm.item()}"
-                )
-            optimizer.step()
+            # 7. The step: gradients averaged over ranks, clipped, never applied on a NaN/inf.
+            grad_norm = checked_step(policy, optimizer, loss, cfg.max_grad_norm, "PPO",
+                                     {"policy": policy_loss, "value": value_loss, "entropy": entropy_mean})
             for name, value in (("grad_norm", grad_norm), ("policy_loss", policy_loss), ("value_loss", value_loss),
                                 ("entropy", entropy_mean), ("recall_loss", recall_loss), ("loss", loss)):
                 stats[name].append(value.detach())
