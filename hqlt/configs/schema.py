@@ -377,14 +377,20 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str,
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
-def validate_ppo_sizes(agent: PPOConfig) -> None:
-    """Raises ConfigError unless the training sequences cut the rollout and the minibatches evenly."""
+def sequences_per_rollout(agent: PPOConfig | SACConfig) -> int:
+    """The training sequences a rollout is cut into (num_envs x rollout_length / sequence_length); raises
+    ConfigError unless sequence_length (0: rollout_length) divides rollout_length."""
     sequence_length = agent.sequence_length or agent.rollout_length
     if agent.rollout_length % sequence_length:
         raise ConfigError(
             f"agent.sequence_length={agent.sequence_length} must divide agent.rollout_length={agent.rollout_length}"
         )
-    num_sequences = agent.num_envs * (agent.rollout_length // sequence_length)
+    return agent.num_envs * (agent.rollout_length // sequence_length)
+
+
+def validate_ppo_sizes(agent: PPOConfig) -> None:
+    """Raises ConfigError unless the training sequences cut the rollout and the minibatches evenly."""
+    num_sequences = sequences_per_rollout(agent)
     if agent.num_minibatches < 1 or num_sequences % agent.num_minibatches:
         raise ConfigError(
             f"agent.num_minibatches={agent.num_minibatches} must divide the number of training sequences "
@@ -395,12 +401,7 @@ def validate_ppo_sizes(agent: PPOConfig) -> None:
 def validate_sac_sizes(agent: SACConfig) -> None:
     """Raises ConfigError unless the training sequences cut the rollout evenly and the replay buffer
     holds one collection's sequences and a batch."""
-    sequence_length = agent.sequence_length or agent.rollout_length
-    if agent.rollout_length % sequence_length:
-        raise ConfigError(
-            f"agent.sequence_length={agent.sequence_length} must divide agent.rollout_length={agent.rollout_length}"
-        )
-    per_collect = agent.num_envs * (agent.rollout_length // sequence_length)
+    per_collect = sequences_per_rollout(agent)
     if agent.replay_size < max(per_collect, agent.batch_size):
         raise ConfigError(
             f"agent.replay_size={agent.replay_size} must be >= {max(per_collect, agent.batch_size)}: it must hold "
