@@ -1,8 +1,8 @@
 """Learning on the memory suites: many training runs side by side, curves and a table against anchors.
 
-    python benchmarks/memory_suite.py SUITE [--tasks TASK,...] [--cores hqlt,transformer,deltanet,lstm] [--seeds 0,1,2]
-        [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS] [--resume]
-        [-- OVERRIDE ...]
+    python benchmarks/memory_suite.py SUITE [--tasks TASK,...] [--cores hqlt,transformer,deltanet,lstm]
+        [--seeds 0,1,2] [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS]
+        [--resume | --summarize] [-- OVERRIDE ...]
 
 SUITE is one of SUITES below: tasks (each a list of config overrides, e.g. an experiment preset) and
 the cores' sizes (the paper's for its comparison, else the memory presets). Every (task, core, seed)
@@ -12,10 +12,10 @@ each run on the GPU). Each task's runs are then read back from their TensorBoard
 table of final greedy evaluation per core next to the anchor published for the task, written into
 benchmarks/RESULTS.md with --record. Overrides after `--` go to every run (e.g. total_steps=...).
 --resume continues the suite's earlier runs from their latest checkpoints (a run stopped at the time
-limit saves one), so that a suite longer than one device call runs over several; the same command line
-serves, since a resumed run takes only the overrides its checkpoint does not keep (total_steps, eval.*,
-not agent=... or agent.*); --summarize only reads
-back the runs under --log-dir (e.g. copied from the device machine) and writes the curves and table.
+limit saves one), so that a suite longer than one device call runs over several. The same command line
+serves: a resumed run takes only the overrides its checkpoint does not keep (total_steps, eval.*; not
+agent=... or agent.*). --summarize only reads back the runs under --log-dir (e.g. copied from the
+device machine) and writes the curves and table.
 """
 
 from __future__ import annotations
