@@ -38,7 +38,7 @@ from hqlt.agents import train  # noqa: E402
 from hqlt.agents.impala import Actor, impala_update  # noqa: E402
 from hqlt.agents.policy import Policy  # noqa: E402
 from hqlt.agents.rollout import Collector, Rollout  # noqa: E402
-from hqlt.agents.trainer import build_policy  # noqa: E402
+from hqlt.agents.policy import build_policy  # noqa: E402
 from hqlt.configs import compose  # noqa: E402
 from hqlt.envs import make_envs  # noqa: E402
 

@@ -56,7 +56,7 @@ def test_replayed_sequences_reproduce_the_collector_and_the_critics_run_over_who
     options = ["memory.options.num_heads=2", "memory.options.window=4"] if core == "hqlt" else []
     trainer = SacTrainer(tiny_config(tmp_path, f"memory={core}", *options, "agent.replay_size=32"))
     critic = trainer.learner.critic
-    first_carry = {name: value.clone() for name, value in trainer.critic_carry.items()}
+    first_carry = {name: value.clone() for name, value in trainer.carries["critic"].items()}
     rollouts = [trainer._collect()[0] for _ in range(2)]  # the second starts mid-episode
     batch = trainer.replay.storage.rows(torch.arange(trainer.replay.size))
     num_cuts = ROLLOUT_LENGTH // SEQUENCE_LENGTH
@@ -77,7 +77,7 @@ def test_replayed_sequences_reproduce_the_collector_and_the_critics_run_over_who
     with torch.no_grad():
         q_rows, _ = critic(whole("obs"), whole("prev_actions"), whole("prev_rewards"), first_carry, whole("resets"))
         q_sequences, _ = critic(batch.obs[:, :SEQUENCE_LENGTH], batch.prev_actions[:, :SEQUENCE_LENGTH],
-                                batch.prev_rewards[:, :SEQUENCE_LENGTH], batch.critic_states,
+                                batch.prev_rewards[:, :SEQUENCE_LENGTH], batch.replayed_states["critic"],
                                 batch.resets[:, :SEQUENCE_LENGTH])
     expected = q_rows.view(2, NUM_ENVS, 2, num_cuts, SEQUENCE_LENGTH, -1).transpose(1, 2).flatten(1, 3)  # rollout-major
     torch.testing.assert_close(q_sequences, expected, atol=1e-5, rtol=1e-5)
@@ -124,9 +124,10 @@ def test_resume_matches_an_uninterrupted_run_and_logs_the_sac_tags(tmp_path):
     (full_run,) = (tmp_path / "full" / "runs" / "tmaze_passive_3" / "lstm").iterdir()
     halfway = full_run / "checkpoints" / f"step{2 * STEPS_PER_UPDATE:010d}.pt"
     final = load_checkpoint(full_run / "checkpoints" / f"step{4 * STEPS_PER_UPDATE:010d}.pt")
-    learner_parts = {"critic", "target_critic", "log_alpha", "critic_optimizer", "alpha_optimizer", "replay"}
+    learner_parts = {"critic", "target_critic", "temperature", "critic_optimizer", "alpha_optimizer", "replay"}
     assert set(final["learner"]) == learner_parts
-    assert set(final["collector"]) == {"collector", "critic_carry", "target_carry"}
+    assert set(final["collector"]) == {"collector", "carries"}
+    assert set(final["collector"]["carries"]) == {"critic", "target_critic"}
     assert final["learner"]["replay"]["size"] == 16  # 4 collections of 4 sequences
     policy, config = Policy.from_checkpoint(full_run / "checkpoints" / f"step{4 * STEPS_PER_UPDATE:010d}.pt")
     assert config.agent.name == "sac" and policy.core.hidden_dim == 16  # the actor, for hqlt.evaluate

@@ -128,7 +128,7 @@ def test_bad_command_lines_fail_at_start_with_the_valid_choices(tmp_path):
             "popgym, repeat_previous_easy, tmaze_active, tmaze_passive, visual_match; 'popgym-CountRecallEasy-v0' is an "
             "env id: run it with env=any env.id=popgym-CountRecallEasy-v0",
         ),
-        (["agent=dqn"], "unknown agent 'dqn'; valid choices: impala, ppo, sac"),
+        (["agent=a2c"], "unknown agent 'a2c'; valid choices: dqn, impala, ppo, sac"),
         (["agent.lerning_rate=1e-3"], "unknown config key 'agent.lerning_rate'; valid keys at agent: name, num_envs"),
         (["totl_steps=5"], "unknown config key 'totl_steps'; valid keys at the top level: env, memory, agent, eval"),
         (["memory.options.windw=8"], "valid keys at memory.options: num_layers, num_heads, window, blend"),

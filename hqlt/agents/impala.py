@@ -52,13 +52,13 @@ import torch
 from torch import Tensor
 
 from hqlt.agents import distributed, metrics
-from hqlt.agents.policy import Policy
+from hqlt.agents.policy import Policy, build_policy
 from hqlt.agents.ppo import (
     ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance,
 )
 from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
-from hqlt.agents.trainer import Trainer, TrainingError, build_policy, env_options, merge_episodes, seed_everything
+from hqlt.agents.trainer import Trainer, TrainingError, env_options, merge_episodes, seed_everything
 from hqlt.agents.vtrace import vtrace
 from hqlt.configs.schema import ImpalaConfig, TrainConfig
 from hqlt.envs import make_envs

@@ -68,8 +68,19 @@ SAC_UPDATE_TAGS = {
     "critic_grad_norm": "train/critic_grad_norm",
     "actor_grad_norm": "train/actor_grad_norm",
 }
-# The sequences the replay buffer holds, once per collection.
-REPLAY_SEQUENCES = "sac/replay_sequences"
+# dqn_update's summary keys -> tags (means over the updates after a collection).
+DQN_UPDATE_TAGS = {
+    "loss": "loss/total",  # 1/2 the squared n-step TD error in units of the value statistics' std
+    "q_mean": "dqn/q_mean",  # Q at the replayed actions
+    "target_mean": "dqn/target_mean",  # the n-step targets
+    "td_error": "dqn/td_error",  # mean |TD error| in units of the value statistics' std
+    # fraction of the replayed actions that are greedy for the network now: how far it has moved from
+    # the epsilon-greedy policy that acted
+    "greedy_fraction": "dqn/greedy_fraction",
+    "grad_norm": UPDATE_TAGS["grad_norm"],
+}
+# The sequences the replay buffer holds (SAC, DQN), once per collection.
+REPLAY_SEQUENCES = "replay/sequences"
 
 # Memory diagnostics of the core (core.last_diagnostics) are logged as memory/<name>.
 MEMORY_PREFIX = "memory/"

@@ -27,12 +27,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
+from hqlt.agents.actions import ActionDistribution, ActionHead, EpsilonGreedy, init_layer
 from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt, RunningMoments
 from hqlt.agents.recall import EpisodicRecall
-from hqlt.configs.schema import TrainConfig
+from hqlt.configs.schema import ConfigError, DQNConfig, TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
 
@@ -77,11 +77,12 @@ class Policy(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Policy, TrainConfig]:
-        """The policy a training checkpoint holds, on `device`, and the config it was trained with.
+        """The policy a training checkpoint holds (a QPolicy for agent=dqn), on `device`, and the config it
+        was trained with.
 
-        The spaces come from one env made as the config makes it, the core from the config's memory
-        section; the weights are loaded strictly. Raises CheckpointError (a ConfigError) for a path
-        that holds no training checkpoint or one whose model does not fit this version of hqlt.
+        The spaces come from one env made as the config makes it, the network from `build_policy`; the
+        weights are loaded strictly. Raises CheckpointError (a ConfigError) for a path that holds no
+        training checkpoint or one whose model does not fit this version of hqlt.
         """
         checkpoint = load_checkpoint(path)
         try:
@@ -92,9 +93,7 @@ class Policy(nn.Module):
         env = make(config.env.id, **config.env.kwargs)
         observation_space, action_space = env.observation_space, env.action_space
         env.close()
-        memory = config.memory
-        core = build_core(memory.core, input_dim=config.agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
-        policy = cls(observation_space, action_space, core, config.agent.head_dim)
+        policy = build_policy(config, observation_space, action_space)
         try:
             policy.load_state_dict(checkpoint["model"])
         except RuntimeError as error:
@@ -176,3 +175,72 @@ class Policy(nn.Module):
     def value(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor) -> Tensor:
         """Values `[N]` of one step (shapes as in `act`); the state is left unchanged."""
         return self(obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None])[1][:, 0]
+
+
+class QPolicy(Policy):
+    """A recurrent Q-network that acts epsilon-greedily (agent=dqn, hqlt.agents.dqn): Policy's encoder,
+    inputs and core, with a dueling head (Wang et al. 2016) made of Policy's two heads, the critic as
+    the state value V (reward units, PopArt) and the action head's outputs as the advantages A (in units
+    of the value statistics' std):
+
+        Q(h, a) = V(h) + std * (A(h, a) - mean_b A(h, b))                                 [..., num_actions]
+
+    so that the Q-values of every reward scale are learned in normalised units. The action head's small
+    output gain starts every action's Q at V: which action is greedy is decided by what is learned.
+
+    Acting (`act`), row i of the N envs explores (a uniformly random action) with probability
+    epsilon_i = epsilon ** (1 + epsilon_alpha * i / (N - 1)) (Ape-X, Horgan et al. 2018; 0.4 to 0.4 ** 8
+    = 0.0007 with the defaults), else takes the greedy action: some envs explore widely, others follow
+    the greedy policy through episodes of a thousand steps. `greedy=True` acts greedily in every row;
+    the values are those of the greedy action, max_a Q.
+    """
+
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
+        epsilon: float = 0.4, epsilon_alpha: float = 7.0,
+    ) -> None:
+        if not isinstance(action_space, spaces.Discrete):
+            raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
+        super().__init__(observation_space, action_space, core, head_dim)
+        self.epsilon, self.epsilon_alpha = epsilon, epsilon_alpha
+
+    def exploration_epsilons(self, num_rows: int, device: torch.device) -> Tensor:
+        """epsilon_i of rows i = 0 .. num_rows - 1, float `[num_rows]` (the class docstring)."""
+        position = torch.arange(num_rows, device=device) / max(num_rows - 1, 1)
+        return self.epsilon ** (1 + self.epsilon_alpha * position)
+
+    def q_values(self, y: Tensor) -> Tensor:
+        """The core's output `[..., hidden_dim]` -> Q-values in reward units `[..., num_actions]`."""
+        advantages = self.action_head.net(y)
+        return self.critic(y) + self.value_layer.std * (advantages - advantages.mean(-1, keepdim=True))
+
+    def forward(
+        self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
+    ) -> tuple[EpsilonGreedy, Tensor, State]:
+        """As `Policy.forward`: the epsilon-greedy distribution over `[B, T]` (row b's epsilon from
+        `exploration_epsilons(B)`), the greedy values max_a Q `[B, T]` and the next state."""
+        y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
+        q = self.q_values(y)
+        epsilons = self.exploration_epsilons(q.shape[0], q.device)[:, None]
+        return EpsilonGreedy(q, epsilons), q.max(-1).values, state
+
+    @torch.no_grad()
+    def update_value_statistics(self, targets: Tensor) -> None:
+        """Moves the value statistics towards those of `targets` (any shape, reward units) and rescales the
+        advantages' output layer with the value layer (PopArt), so that every Q-value stays the same."""
+        old_std, first = self.value_layer.std.clone(), ~self.value_layer.moments.updated
+        self.value_layer.update(targets)
+        scale = torch.where(first, 1.0, old_std / self.value_layer.std)
+        advantage_layer = self.action_head.net[-1]
+        advantage_layer.weight.mul_(scale)
+        advantage_layer.bias.mul_(scale)
+
+
+def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
+    """The run's acting network for envs with these spaces (a QPolicy for agent=dqn): the core of
+    cfg.memory, the widths of cfg.agent."""
+    memory, agent = cfg.memory, cfg.agent
+    core = build_core(memory.core, input_dim=agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
+    if isinstance(agent, DQNConfig):
+        return QPolicy(observation_space, action_space, core, agent.head_dim, agent.epsilon, agent.epsilon_alpha)
+    return Policy(observation_space, action_space, core, agent.head_dim)

@@ -1,12 +1,14 @@
 """A training run: envs, policy, PPO updates, TensorBoard, evaluation, checkpoints (IMPALA's trainer,
-hqlt.agents.impala, and SAC's, hqlt.agents.sac, replace the PPO parts and share the rest).
+hqlt.agents.impala, and the replay learners' ones, hqlt.agents.replay, replace the PPO parts and share
+the rest).
 
     train(cfg)  ->  runs/<env>/<core>/seed<k>-<time>/  (events, config.yaml, checkpoints/)
 
 Checkpoints are taken at update boundaries and never change training. They hold the model, the
-optimiser, every RNG state, the learning-rate schedule, what the learner keeps besides (`_learner_state`:
-SAC's critics, temperature and replay buffer) and, with a batched env, the collector's carry and the
-env's state tensors: a run resumed from one continues exactly as the uninterrupted run.
+optimiser, every RNG state, the learning-rate schedule, what the learner keeps besides
+(`_learner_state`: SAC's critics and temperature, DQN's target network, their replay buffer) and, with
+a batched env, the collector's carry and the env's state tensors: a run resumed from one continues
+exactly as the uninterrupted run.
 Gymnasium vector envs cannot be saved: such a run resumes with fresh episodes (seeded from the step
 counter), the same in model, optimiser and random streams only.
 Ctrl-C or SIGTERM finishes the current rollout or update, saves a checkpoint, closes the writer and
@@ -32,7 +34,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -42,12 +43,12 @@ from tqdm import tqdm
 
 from hqlt.agents import distributed, metrics
 from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from hqlt.agents.policy import Policy
-from hqlt.agents.ppo import NonFiniteLossError, ppo_update, replay
+from hqlt.agents.policy import Policy, build_policy
+from hqlt.agents.ppo import NonFiniteLossError, ppo_update
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
-from hqlt.configs.schema import ConfigError, ImpalaConfig, PPOConfig, SACConfig, TrainConfig, validate
+from hqlt.configs.schema import ConfigError, DQNConfig, ImpalaConfig, PPOConfig, SACConfig, TrainConfig, validate
 from hqlt.envs import make_envs
-from hqlt.memory import build_core, core_options
+from hqlt.memory import core_options
 
 # Evaluation envs draw their episodes from seeds far from the training envs'.
 EVAL_SEED_OFFSET = 1_000_000
@@ -183,13 +184,6 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 def env_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """`make_envs`' keyword arguments for the run's envs on `device`, the env's own kwargs included."""
     return dict(device=device, vectorization=cfg.env.vectorization, asynchronous=cfg.async_envs, **cfg.env.kwargs)
-
-
-def build_policy(cfg: TrainConfig, observation_space: gym.Space, action_space: gym.Space) -> Policy:
-    """The run's policy for envs with these spaces: the core of cfg.memory, the widths of cfg.agent."""
-    memory = cfg.memory
-    core = build_core(memory.core, input_dim=cfg.agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
-    return Policy(observation_space, action_space, core, cfg.agent.head_dim)
 
 
 def evaluate(collector: Collector, episodes: int, greedy: bool, seed: int) -> dict[str, float]:
@@ -417,10 +411,12 @@ class Trainer:
         return {metrics.UPDATE_TAGS[name]: value for name, value in stats.items()}
 
     def _replay_for_diagnostics(self, rollout: Rollout, count: int) -> None:
-        """Replays up to `count` training sequences of the experience (the caller records the diagnostics)."""
+        """Runs the policy's inputs and core over up to `count` training sequences of the experience from
+        their stored states (the caller records the core's diagnostics)."""
         zeros = torch.zeros_like(rollout.values)
         batch = training_sequences(rollout, zeros, zeros)
-        replay(self.policy, batch.rows(torch.arange(min(count, batch.resets.shape[0]))))
+        batch = batch.rows(torch.arange(min(count, batch.resets.shape[0]), device=batch.resets.device))
+        self.policy.memory(batch.obs, batch.prev_actions, batch.prev_rewards, batch.states, batch.resets)
 
     def _agent_hparams(self) -> dict[str, Any]:
         """The agent's settings on the HParams tab (besides the learning rate)."""
@@ -606,9 +602,10 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Trains one run of `cfg` with its agent's trainer (Trainer: PPO, ImpalaTrainer: IMPALA, SacTrainer:
-    SAC-Discrete) and returns its final summary."""
-    from hqlt.agents.impala import ImpalaTrainer  # they build on this module
+    SAC-Discrete, DqnTrainer: DQN) and returns its final summary."""
+    from hqlt.agents.dqn import DqnTrainer  # they build on this module
+    from hqlt.agents.impala import ImpalaTrainer
     from hqlt.agents.sac import SacTrainer
 
-    trainer = {ImpalaConfig: ImpalaTrainer, SACConfig: SacTrainer}.get(type(cfg.agent), Trainer)
+    trainer = {ImpalaConfig: ImpalaTrainer, SACConfig: SacTrainer, DQNConfig: DqnTrainer}.get(type(cfg.agent), Trainer)
     return trainer(cfg).run()

@@ -70,6 +70,7 @@ def help_text(*, _root_: DictConfig) -> str:
         (f"{command} [group=option ...] [key=value ...]", ""),
         (f"{command} -m memory=lstm,gru,hqlt seed=0,1,2", "a sweep, one run after another"),
         (f"{command} env=any env.id=<id> +env.kwargs.<k>=<v>", "any registered env id, with its arguments"),
+        (f"{command} agent=dqn", "off-policy: recurrent DQN (epsilon-greedy, n-step double Q) from a replay buffer"),
         (f"{command} agent=sac agent.updates_per_collect=8", "off-policy: recurrent SAC-Discrete from a replay buffer"),
         (f"{command} resume=<run>/checkpoints/step<N>.pt", "continue a run"),
         (f"{command} --cfg job", "print the composed config"),
@@ -80,8 +81,8 @@ def help_text(*, _root_: DictConfig) -> str:
         ("+env.kwargs.<k>=<v>", "an argument of the env's constructor"),
         ("memory.options.<option>=<v>", "an option of the memory core (listed below)"),
     ])
-    return f"""Train a memory agent with PPO (agent=ppo), IMPALA (agent=impala) or SAC-Discrete (agent=sac) on a
-partially observable env.
+    return f"""Train a memory agent with PPO (agent=ppo), IMPALA (agent=impala), SAC-Discrete (agent=sac) or DQN
+(agent=dqn) on a partially observable env.
 
 {usage}
 

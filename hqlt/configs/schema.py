@@ -184,11 +184,50 @@ class SACConfig:
     head_dim: int = 64
 
 
+@dataclass
+class DQNConfig:
+    """Recurrent DQN (hqlt.agents.dqn, in the style of R2D2): envs stepped as for PPO by an epsilon-greedy
+    Q-network (a QPolicy), their training sequences kept in a replay buffer, double Q-learning towards
+    n-step targets of a Polyak-averaged target network. Discrete action spaces only."""
+
+    name: str = "dqn"
+    num_envs: int = 16
+    # Env steps per env per collection; each collection is followed by updates_per_collect updates.
+    rollout_length: int = 64
+    # Training sequence length; 0: rollout_length. Must divide rollout_length.
+    sequence_length: int = 0
+    # Training sequences the replay buffer keeps (the oldest are overwritten); at least one collection's.
+    replay_size: int = 2048
+    # Sequences per gradient step.
+    batch_size: int = 32
+    # Gradient steps per collection (the replay ratio as for SACConfig).
+    updates_per_collect: int = 4
+    # Env steps collected before the first update.
+    learning_starts: int = 5000
+    learning_rate: float = 3e-4
+    anneal_lr: bool = False
+    gamma: float = 0.99
+    # Rewards summed before the target bootstraps (R2D2's 5): values travel n steps back per target update.
+    n_step: int = 5
+    # Polyak weight of the online network in each update of the target network.
+    tau: float = 0.005
+    # Exploration (Ape-X): env i of N acts at random with probability epsilon ** (1 + epsilon_alpha * i / (N - 1)),
+    # from epsilon down to epsilon ** (1 + epsilon_alpha): some envs explore, others walk long episodes greedily.
+    epsilon: float = 0.4
+    epsilon_alpha: float = 7.0
+    # Clip of the gradient norm; the TD loss is in units of the value statistics' std (PopArt).
+    max_grad_norm: float = 10.0
+    encoder_dim: int = 64
+    head_dim: int = 64
+
+
 # agent.name -> the agent's schema.
-AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig, "sac": SACConfig}
+AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig, "sac": SACConfig, "dqn": DQNConfig}
+# The agents that learn from a replay buffer (hqlt.agents.replay).
+REPLAY_AGENTS = (SACConfig, DQNConfig)
 
 
-def agent_config(agent: Any) -> PPOConfig | ImpalaConfig | SACConfig:
+def agent_config(agent: Any) -> PPOConfig | ImpalaConfig | SACConfig | DQNConfig:
     """The agent section as its schema's dataclass: `agent` itself if it is one, else a mapping (a
     checkpoint's stored config) read into the schema its `name` picks (default ppo)."""
     if isinstance(agent, tuple(AGENT_SCHEMAS.values())):
@@ -348,22 +387,23 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be {bound}, got {value}")
     if isinstance(cfg.agent, PPOConfig):
         validate_ppo_sizes(cfg.agent)
-    elif isinstance(cfg.agent, SACConfig):
-        validate_sac_sizes(cfg.agent)
+    elif isinstance(cfg.agent, REPLAY_AGENTS):
+        validate_replay_sizes(cfg.agent)
     else:
         validate_impala(cfg)
 
 
-def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str, float, str]]:
+def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> list[tuple[str, float, str]]:
     """(key, value, bound) of every numeric key of the agent section that has a bound."""
     shared = [("learning_rate", "> 0"), ("gamma", "in [0, 1]"), ("max_grad_norm", "> 0")]
     # PPO's and IMPALA's losses weigh an entropy bonus and a value loss; SAC's temperature is learned.
     coefficients = [("ent_coef", ">= 0"), ("vf_coef", ">= 0")]
+    replay = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("sequence_length", ">= 0"), ("replay_size", ">= 1"),
+              ("batch_size", ">= 1"), ("updates_per_collect", ">= 1"), ("learning_starts", ">= 0"), ("tau", "in (0, 1]")]
     if isinstance(agent, SACConfig):
-        own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("sequence_length", ">= 0"), ("replay_size", ">= 1"),
-               ("batch_size", ">= 1"), ("updates_per_collect", ">= 1"), ("learning_starts", ">= 0"),
-               ("tau", "in (0, 1]"), ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"),
-               ("reward_scale", "> 0")]
+        own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
+    elif isinstance(agent, DQNConfig):
+        own = [*replay, ("n_step", ">= 1"), ("epsilon", "in [0, 1]"), ("epsilon_alpha", ">= 0")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
@@ -377,7 +417,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig) -> list[tuple[str,
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
-def sequences_per_rollout(agent: PPOConfig | SACConfig) -> int:
+def sequences_per_rollout(agent: PPOConfig | SACConfig | DQNConfig) -> int:
     """The training sequences a rollout is cut into (num_envs x rollout_length / sequence_length); raises
     ConfigError unless sequence_length (0: rollout_length) divides rollout_length."""
     sequence_length = agent.sequence_length or agent.rollout_length
@@ -398,7 +438,7 @@ def validate_ppo_sizes(agent: PPOConfig) -> None:
         )
 
 
-def validate_sac_sizes(agent: SACConfig) -> None:
+def validate_replay_sizes(agent: SACConfig | DQNConfig) -> None:
     """Raises ConfigError unless the training sequences cut the rollout evenly and the replay buffer
     holds one collection's sequences and a batch."""
     per_collect = sequences_per_rollout(agent)

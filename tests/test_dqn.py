@@ -1,0 +1,215 @@
+"""agent=dqn: n-step targets against a per-step loop, the epsilon-greedy distribution, the dueling
+QPolicy and its value statistics, the replay of a fresh rollout against the collector, the target
+network's stored start states, truncated windows, config errors, exact resume, and learning a short
+passive T-Maze on the CPU."""
+
+import math
+import shutil
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from hqlt.agents import DqnTrainer, Policy, QPolicy, dqn_update, metrics, n_step_targets, train
+from hqlt.agents.actions import EpsilonGreedy
+from hqlt.agents.checkpoint import load_checkpoint
+from hqlt.configs import ConfigError, compose
+
+NUM_ENVS, ROLLOUT_LENGTH, SEQUENCE_LENGTH = 2, 8, 4
+STEPS_PER_UPDATE = NUM_ENVS * ROLLOUT_LENGTH
+
+
+def tiny_config(tmp_path, *extra, env=("env.kwargs.corridor_length=3",)):
+    return compose([*env,
+        "agent=dqn", "memory=lstm", "memory.hidden_dim=16", "agent.encoder_dim=16", "agent.head_dim=16",
+        f"agent.num_envs={NUM_ENVS}", f"agent.rollout_length={ROLLOUT_LENGTH}",
+        f"agent.sequence_length={SEQUENCE_LENGTH}", "agent.n_step=3",
+        "agent.replay_size=16", "agent.batch_size=3", "agent.updates_per_collect=2", "agent.learning_starts=0",
+        f"total_steps={4 * STEPS_PER_UPDATE}", "eval.episodes=2", "eval.num_envs=2",
+        "eval.interval=0", "checkpoint_interval=2", "keep_checkpoints=5", "device=cpu", "progress=false",
+        f"log_dir={tmp_path / 'runs'}", *extra,
+    ])
+
+
+def n_step_loop(rewards, terminated, truncated, next_values, gamma, n):
+    """y_t and kept_t written step by step from the definition (hqlt.agents.dqn's docstring)."""
+    batch, length = rewards.shape
+    targets, kept = torch.zeros(batch, length), torch.ones(batch, length, dtype=torch.bool)
+    for b in range(batch):
+        for t in range(length):
+            total = 0.0
+            for k in range(n):
+                s = t + k
+                total += gamma**k * rewards[b, s]
+                if terminated[b, s]:
+                    break
+                if truncated[b, s]:
+                    kept[b, t] = False
+                    break
+                if k == n - 1 or s == length - 1:
+                    total += gamma ** (k + 1) * next_values[b, s]
+                    break
+            targets[b, t] = total
+    return targets, kept
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_n_step_targets_match_a_per_step_loop(n):
+    torch.manual_seed(0)
+    rewards, next_values = torch.randn(3, 7), torch.randn(3, 7)
+    terminated = torch.zeros(3, 7, dtype=torch.bool)
+    truncated = torch.zeros(3, 7, dtype=torch.bool)
+    terminated[0, 2] = terminated[1, 6] = True  # inside a sequence and at its last step
+    truncated[2, 3] = True
+    truncated[0, 5] = terminated[0, 5] = True  # a termination on the time limit's step terminates
+    targets, kept = n_step_targets(rewards, terminated, truncated, next_values, 0.9, n)
+    expected_targets, expected_kept = n_step_loop(rewards, terminated, truncated, next_values, 0.9, n)
+    torch.testing.assert_close(kept, expected_kept)
+    torch.testing.assert_close(targets[kept], expected_targets[kept])
+
+
+
+def test_epsilon_greedy_probabilities_samples_and_entropy():
+    q = torch.tensor([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0]])
+    epsilon = torch.tensor([0.3, 0.0])
+    dist = EpsilonGreedy(q, epsilon)
+    probs = torch.stack([dist.log_prob(torch.full((2, 1), a)).exp() for a in range(3)], dim=-1)
+    torch.testing.assert_close(probs, torch.tensor([[0.1, 0.8, 0.1], [1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(dist.mode(), torch.tensor([[1], [0]]))
+    torch.testing.assert_close(dist.entropy(), -(probs * probs.log().nan_to_num(neginf=0)).sum(-1))
+    torch.manual_seed(0)
+    samples = EpsilonGreedy(q[:1].expand(20000, 3), epsilon[:1].expand(20000)).sample()[:, 0]
+    frequencies = torch.bincount(samples, minlength=3) / 20000
+    torch.testing.assert_close(frequencies, torch.tensor([0.1, 0.8, 0.1]), atol=0.015, rtol=0)
+
+
+
+def test_exploration_epsilons_spread_from_epsilon_down_to_its_power():
+    trainer_policy = QPolicy.__new__(QPolicy)  # only the exploration settings are read
+    trainer_policy.epsilon, trainer_policy.epsilon_alpha = 0.4, 7.0
+    epsilons = trainer_policy.exploration_epsilons(5, torch.device("cpu"))
+    torch.testing.assert_close(epsilons, torch.tensor([0.4 ** (1 + 7 * i / 4) for i in range(5)]))
+    torch.testing.assert_close(trainer_policy.exploration_epsilons(1, torch.device("cpu")), torch.tensor([0.4]))
+
+
+def test_value_statistics_keep_the_q_values(tmp_path):
+    """PopArt for the dueling head: after the statistics move (the value layer and the advantages'
+    output layer rescaled), every Q-value is what it was."""
+    trainer = DqnTrainer(tiny_config(tmp_path))
+    policy = trainer.policy
+    y = torch.randn(4, 5, policy.core.hidden_dim)
+    policy.update_value_statistics(torch.tensor([1.0, 3.0]))  # the first update takes its moments as they are
+    before = policy.q_values(y)
+    policy.update_value_statistics(torch.tensor([40.0, -20.0, 100.0]))
+    assert policy.value_layer.std > 10
+    torch.testing.assert_close(policy.q_values(y), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("core", ["lstm", "hqlt"])
+def test_replayed_sequences_reproduce_the_collector_and_the_target_runs_over_whole_rows(tmp_path, core):
+    """The online network's replay from the stored acting states gives the collector's greedy values; the
+    target network's stored start states give the Q-values of one run over the whole rows."""
+    options = ["memory.options.num_heads=2", "memory.options.window=4"] if core == "hqlt" else []
+    trainer = DqnTrainer(tiny_config(tmp_path, f"memory={core}", *options, "agent.replay_size=32"))
+    target = trainer.target
+    with torch.no_grad():  # a target unlike the online network, so that a mix-up of their states shows
+        for parameter in target.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    first_carry = {name: value.clone() for name, value in trainer.carries["target"].items()}
+    rollouts = [trainer._collect()[0] for _ in range(2)]  # the second starts mid-episode
+    batch = trainer.replay.storage.rows(torch.arange(trainer.replay.size))
+    num_cuts = ROLLOUT_LENGTH // SEQUENCE_LENGTH
+
+    with torch.no_grad():
+        obs, prev_actions, prev_rewards, resets = batch.inputs(slice(SEQUENCE_LENGTH))
+        y, _, _ = trainer.policy.memory(obs, prev_actions, prev_rewards, batch.states, resets)
+        values = trainer.policy.q_values(y).max(-1).values
+        acted = torch.cat([rollout.values for rollout in rollouts], dim=1)  # [N, 2T]
+    expected = acted.view(NUM_ENVS, 2, num_cuts, SEQUENCE_LENGTH).transpose(0, 1).flatten(0, 2)  # rollout-major
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+
+    def whole(name):
+        return torch.cat([getattr(rollout, name) for rollout in rollouts], dim=1)
+
+    with torch.no_grad():
+        y_rows, _, _ = target.memory(whole("obs"), whole("prev_actions"), whole("prev_rewards"), first_carry,
+                                     whole("resets"))
+        y_sequences, _, _ = target.memory(obs, prev_actions, prev_rewards, batch.replayed_states["target"], resets)
+    expected = y_rows.view(NUM_ENVS, 2, num_cuts, SEQUENCE_LENGTH, -1).transpose(0, 1).flatten(0, 2)
+    torch.testing.assert_close(y_sequences, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_windows_are_left_out_of_the_loss(tmp_path):
+    """Their bootstrap (the value of info["final_obs"]) is not kept: a batch of truncated steps leaves
+    the network unchanged."""
+    trainer = DqnTrainer(tiny_config(tmp_path))
+    trainer._collect()
+    batch = trainer.replay.sample(3, trainer.generator)
+    batch.truncated, batch.terminated = torch.ones_like(batch.truncated), torch.zeros_like(batch.terminated)
+    before = [p.clone() for p in trainer.policy.parameters()]
+    stats = dqn_update(trainer.policy, trainer.optimizer, trainer.target, batch, trainer.cfg.agent)
+    assert stats["loss"] == 0 and stats["grad_norm"] == 0
+    for old, new in zip(before, trainer.policy.parameters()):
+        torch.testing.assert_close(new, old, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("agent.n_step=0", "agent.n_step must be >= 1, got 0"),
+    ("agent.epsilon=1.5", r"agent.epsilon must be in \[0, 1\], got 1.5"),
+    ("agent.epsilon_alpha=-1", "agent.epsilon_alpha must be >= 0, got -1"),
+    ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
+    ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),
+    ("agent.ent_coef=0.1", "unknown config key 'agent.ent_coef'; valid keys at agent: name, num_envs"),
+])
+def test_bad_values_fail_naming_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        DqnTrainer(tiny_config(tmp_path, override))
+
+
+def test_continuous_actions_fail_as_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="agent=dqn takes Discrete action spaces"):
+        DqnTrainer(tiny_config(tmp_path, env=("env=any", "env.id=hqlt/PendulumPositionOnly-v0")))
+
+
+def test_resume_matches_an_uninterrupted_run_and_logs_the_dqn_tags(tmp_path):
+    """The checkpoint holds the target network, the replay buffer and its carried state: training resumed
+    halfway ends with the same parameters, bit for bit; the checkpoint's policy is a QPolicy."""
+    train(tiny_config(tmp_path / "full"))
+    (full_run,) = (tmp_path / "full" / "runs" / "tmaze_passive_3" / "lstm").iterdir()
+    halfway = full_run / "checkpoints" / f"step{2 * STEPS_PER_UPDATE:010d}.pt"
+    final_path = full_run / "checkpoints" / f"step{4 * STEPS_PER_UPDATE:010d}.pt"
+    final = load_checkpoint(final_path)
+    assert set(final["learner"]) == {"target", "replay"}
+    assert set(final["collector"]["carries"]) == {"target"}
+    policy, config = Policy.from_checkpoint(final_path)
+    assert isinstance(policy, QPolicy) and config.agent.name == "dqn"
+
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copy(halfway, resumed_dir / halfway.name)
+    trainer = DqnTrainer(tiny_config(tmp_path / "resumed", f"resume={resumed_dir / halfway.name}"))
+    assert (trainer.update, trainer.replay.size) == (2, 8)
+    trainer.run()
+    resumed = load_checkpoint(resumed_dir / final_path.name)
+    assert resumed["counters"] == final["counters"]
+    for part in ("model", "optimizer", "learner"):
+        torch.testing.assert_close(resumed[part], final[part], rtol=0, atol=0)
+
+    events = EventAccumulator(str(full_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert set(metrics.DQN_UPDATE_TAGS.values()) <= tags
+    assert metrics.REPLAY_SEQUENCES in tags and metrics.EPISODE_RETURN in tags
+
+
+def test_dqn_lstm_learns_passive_tmaze_4(tmp_path):
+    """Learning, not just running: a memoryless greedy policy succeeds in half the episodes."""
+    summary = train(compose([
+        "agent=dqn", "memory=lstm", "memory.hidden_dim=32", "agent.encoder_dim=32", "agent.head_dim=32",
+        "agent.num_envs=16", "agent.rollout_length=16", "agent.batch_size=16", "agent.updates_per_collect=8",
+        "agent.learning_rate=1e-3", "agent.learning_starts=1000", "env.kwargs.corridor_length=4",
+        "total_steps=24000", "eval.interval=0", "eval.episodes=32", "checkpoint_interval=0", "device=cpu",
+        "progress=false", f"log_dir={tmp_path}",
+    ]))
+    assert summary["eval_success"] >= 0.9, summary
+    assert not math.isnan(summary["train_success"])
