@@ -1,5 +1,5 @@
-"""agent=dqn: n-step targets against a per-step loop, the epsilon-greedy distribution, the dueling
-QPolicy and its value statistics, the replay of a fresh rollout against the collector, the target
+"""agent=dqn: n-step targets against a per-step loop, the dueling QPolicy (Boltzmann exploration with
+per-env temperatures, its value statistics), the replay of a fresh rollout against the collector, the target
 network's stored start states, truncated windows, config errors, exact resume, and learning a short
 passive T-Maze on the CPU."""
 
@@ -11,7 +11,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hqlt.agents import DqnTrainer, Policy, QPolicy, dqn_update, metrics, n_step_targets, train
-from hqlt.agents.actions import EpsilonGreedy
 from hqlt.agents.checkpoint import load_checkpoint
 from hqlt.configs import ConfigError, compose
 
@@ -69,27 +68,30 @@ def test_n_step_targets_match_a_per_step_loop(n):
 
 
 
-def test_epsilon_greedy_probabilities_samples_and_entropy():
-    q = torch.tensor([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0]])
-    epsilon = torch.tensor([0.3, 0.0])
-    dist = EpsilonGreedy(q, epsilon)
-    probs = torch.stack([dist.log_prob(torch.full((2, 1), a)).exp() for a in range(3)], dim=-1)
-    torch.testing.assert_close(probs, torch.tensor([[0.1, 0.8, 0.1], [1.0, 0.0, 0.0]]))
-    torch.testing.assert_close(dist.mode(), torch.tensor([[1], [0]]))
-    torch.testing.assert_close(dist.entropy(), -(probs * probs.log().nan_to_num(neginf=0)).sum(-1))
-    torch.manual_seed(0)
-    samples = EpsilonGreedy(q[:1].expand(20000, 3), epsilon[:1].expand(20000)).sample()[:, 0]
-    frequencies = torch.bincount(samples, minlength=3) / 20000
-    torch.testing.assert_close(frequencies, torch.tensor([0.1, 0.8, 0.1]), atol=0.015, rtol=0)
+def test_temperatures_spread_from_temperature_down_to_its_power():
+    policy = QPolicy.__new__(QPolicy)  # only the exploration settings are read
+    policy.temperature, policy.temperature_alpha = 0.4, 7.0
+    temperatures = policy.temperatures(5, torch.device("cpu"))
+    torch.testing.assert_close(temperatures, torch.tensor([0.4 ** (1 + 7 * i / 4) for i in range(5)]))
+    torch.testing.assert_close(policy.temperatures(1, torch.device("cpu")), torch.tensor([0.4]))
 
 
-
-def test_exploration_epsilons_spread_from_epsilon_down_to_its_power():
-    trainer_policy = QPolicy.__new__(QPolicy)  # only the exploration settings are read
-    trainer_policy.epsilon, trainer_policy.epsilon_alpha = 0.4, 7.0
-    epsilons = trainer_policy.exploration_epsilons(5, torch.device("cpu"))
-    torch.testing.assert_close(epsilons, torch.tensor([0.4 ** (1 + 7 * i / 4) for i in range(5)]))
-    torch.testing.assert_close(trainer_policy.exploration_epsilons(1, torch.device("cpu")), torch.tensor([0.4]))
+def test_acting_is_boltzmann_in_units_of_the_value_std_and_greedy_is_argmax(tmp_path):
+    """Row b samples from softmax(Q / (std * tau_b)); the mode is argmax Q."""
+    trainer = DqnTrainer(tiny_config(tmp_path))
+    policy = trainer.policy
+    policy.update_value_statistics(torch.tensor([0.0, 6.0]))  # std 3
+    inputs = (trainer.collector.obs[:, None], trainer.collector.prev_action[:, None],
+              trainer.collector.prev_reward[:, None])
+    state, resets = policy.initial_state(NUM_ENVS), torch.ones(NUM_ENVS, 1, dtype=torch.bool)
+    with torch.no_grad():
+        dist, values, _ = policy(*inputs, state, resets)
+        q = policy.q_values(policy.memory(*inputs, state, resets)[0])
+    temperatures = policy.temperatures(NUM_ENVS, torch.device("cpu"))
+    expected = (q / (3.0 * temperatures[:, None, None])).log_softmax(-1)
+    torch.testing.assert_close(dist.log_probs[0], expected, rtol=1e-4, atol=1e-4)  # logits up to ~1e3
+    torch.testing.assert_close(dist.mode()[..., 0], q.argmax(-1))
+    torch.testing.assert_close(values, q.max(-1).values)
 
 
 def test_value_statistics_keep_the_q_values(tmp_path):
@@ -155,8 +157,8 @@ def test_truncated_windows_are_left_out_of_the_loss(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("agent.n_step=0", "agent.n_step must be >= 1, got 0"),
-    ("agent.epsilon=1.5", r"agent.epsilon must be in \[0, 1\], got 1.5"),
-    ("agent.epsilon_alpha=-1", "agent.epsilon_alpha must be >= 0, got -1"),
+    ("agent.temperature=0", r"agent.temperature must be in \(0, 1\], got 0"),
+    ("agent.temperature_alpha=-1", "agent.temperature_alpha must be >= 0, got -1"),
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
     ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),
     ("agent.ent_coef=0.1", "unknown config key 'agent.ent_coef'; valid keys at agent: name, num_envs"),

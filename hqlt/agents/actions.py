@@ -55,34 +55,6 @@ class ActionDistribution:
         return self.gaussian.entropy().sum(-1)
 
 
-class EpsilonGreedy:
-    """The epsilon-greedy distribution over the Q-values `q` `[..., A]` of one Discrete action: the greedy
-    action argmax_a q with probability 1 - epsilon + epsilon / A, each other action with epsilon / A;
-    `epsilon` broadcasts to `[...]`. Same methods as ActionDistribution, actions `[..., 1]`."""
-
-    def __init__(self, q: Tensor, epsilon: Tensor) -> None:
-        self.greedy = q.argmax(-1)
-        self.epsilon = epsilon.expand(self.greedy.shape)
-        self.num_actions = q.shape[-1]
-
-    def sample(self) -> Tensor:
-        explore = torch.rand_like(self.epsilon) < self.epsilon
-        uniform = torch.randint_like(self.greedy, self.num_actions)
-        return torch.where(explore, uniform, self.greedy)[..., None]
-
-    def mode(self) -> Tensor:
-        return self.greedy[..., None]
-
-    def log_prob(self, actions: Tensor) -> Tensor:
-        other = self.epsilon / self.num_actions
-        return torch.where(actions[..., 0] == self.greedy, 1 - self.epsilon + other, other).log()
-
-    def entropy(self) -> Tensor:
-        other = self.epsilon / self.num_actions
-        greedy = 1 - self.epsilon + other
-        return -(greedy * greedy.log() + (self.num_actions - 1) * torch.special.xlogy(other, other))
-
-
 class ActionHead(nn.Module):
     """Actor head and everything else that depends on the action space.
 

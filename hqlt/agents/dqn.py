@@ -1,6 +1,6 @@
-"""Recurrent DQN in the style of R2D2 (Kapturowski et al. 2019): an epsilon-greedy Q-network acts, its
-rollouts are replayed as whole sequences through the recurrent core, and double Q-learning moves it
-towards n-step targets of a Polyak-averaged target network.
+"""Recurrent DQN in the style of R2D2 (Kapturowski et al. 2019): a Q-network acts (Boltzmann exploration
+with per-env temperatures), its rollouts are replayed as whole sequences through the recurrent core,
+and double Q-learning moves it towards n-step targets of a Polyak-averaged target network.
 
     python train_rl.py agent=dqn [agent.updates_per_collect=8] [agent.n_step=5] ...
 
@@ -10,8 +10,8 @@ Why a value-based learner: in the memory tasks the decisive step (a T-Maze junct
 door) comes once per episode, after hundreds of steps that make the policy nearly deterministic. A
 policy gradient raises a rarely tried action's probability a little per update (PPO's clip: 20%),
 while the corridor's updates push it back (benchmarks/RESULTS.md, the T-Maze junction). Here one tried
-turn moves Q(junction, turn), and the greedy action follows Q as soon as it leads; exploration is an
-epsilon per env (QPolicy), whatever the rewards' scale.
+turn moves Q(junction, turn), and the greedy action follows Q as soon as it leads; exploration is a
+temperature per env in units of the values' std (QPolicy), whatever the rewards' scale.
 
 The network is the run's `QPolicy` (a Policy with a dueling head in PopArt units); the target network
 is a copy of it. The math, per step t of a sequence of L (actions a of the Discrete space A):
@@ -26,7 +26,7 @@ is a copy of it. The math, per step t of a sequence of L (actions a of the Discr
 
 A target whose window ends in a truncation (a time limit) would bootstrap from info["final_obs"],
 which the Collector does not keep: those steps are left out of the loss, as in SAC. Like R2D2, the
-n-step sums are taken along the acting (epsilon-greedy) actions without off-policy correction.
+n-step sums are taken along the acting (exploring) actions without off-policy correction.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def dqn_update(
 
 
 class DqnTrainer(ReplayTrainer):
-    """One run of agent=dqn: ReplayTrainer's collection into the replay buffer by the epsilon-greedy
-    QPolicy, one `dqn_update` per gradient step. Checkpoints also hold the target network."""
+    """One run of agent=dqn: ReplayTrainer's collection into the replay buffer by the exploring QPolicy,
+    one `dqn_update` per gradient step. Checkpoints also hold the target network."""
 
     AGENT = DQNConfig
     UPDATE_TAGS = metrics.DQN_UPDATE_TAGS
@@ -151,5 +151,5 @@ class DqnTrainer(ReplayTrainer):
     def _agent_hparams(self) -> dict[str, Any]:
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
-                 "learning_starts", "gamma", "n_step", "tau", "epsilon", "epsilon_alpha")
+                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha")
         return {name: getattr(agent, name) for name in names}

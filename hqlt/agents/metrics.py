@@ -74,8 +74,8 @@ DQN_UPDATE_TAGS = {
     "q_mean": "dqn/q_mean",  # Q at the replayed actions
     "target_mean": "dqn/target_mean",  # the n-step targets
     "td_error": "dqn/td_error",  # mean |TD error| in units of the value statistics' std
-    # fraction of the replayed actions that are greedy for the network now: how far it has moved from
-    # the epsilon-greedy policy that acted
+    # fraction of the replayed actions that are greedy for the network now: how far the exploring policy
+    # that acted is from the greedy one
     "greedy_fraction": "dqn/greedy_fraction",
     "grad_norm": UPDATE_TAGS["grad_norm"],
 }

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from hqlt.agents.actions import ActionDistribution, ActionHead, EpsilonGreedy, init_layer
+from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
 from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt, RunningMoments
@@ -178,36 +178,39 @@ class Policy(nn.Module):
 
 
 class QPolicy(Policy):
-    """A recurrent Q-network that acts epsilon-greedily (agent=dqn, hqlt.agents.dqn): Policy's encoder,
-    inputs and core, with a dueling head (Wang et al. 2016) made of Policy's two heads, the critic as
-    the state value V (reward units, PopArt) and the action head's outputs as the advantages A (in units
-    of the value statistics' std):
+    """A recurrent Q-network that explores by Boltzmann exploration (agent=dqn, hqlt.agents.dqn): Policy's
+    encoder, inputs and core, with a dueling head (Wang et al. 2016) made of Policy's two heads, the critic
+    as the state value V (reward units, PopArt) and the action head's outputs as the advantages A (in
+    units of the value statistics' std):
 
         Q(h, a) = V(h) + std * (A(h, a) - mean_b A(h, b))                                 [..., num_actions]
 
     so that the Q-values of every reward scale are learned in normalised units. The action head's small
     output gain starts every action's Q at V: which action is greedy is decided by what is learned.
 
-    Acting (`act`), row i of the N envs explores (a uniformly random action) with probability
-    epsilon_i = epsilon ** (1 + epsilon_alpha * i / (N - 1)) (Ape-X, Horgan et al. 2018; 0.4 to 0.4 ** 8
-    = 0.0007 with the defaults), else takes the greedy action: some envs explore widely, others follow
-    the greedy policy through episodes of a thousand steps. `greedy=True` acts greedily in every row;
-    the values are those of the greedy action, max_a Q.
+    Acting, row i of the N envs samples its action from softmax(Q / (std * tau_i)), with temperatures
+    tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads its epsilons
+    (Horgan et al. 2018; 0.4 to 0.4 ** 8 = 0.0007 with the defaults). Unlike epsilon-greedy, this explores
+    where the actions' values are close and not where one is far better: a corridor whose every step
+    matters is walked, and at its end a junction whose turn was never tried (and so is valued like the
+    corridor's "right") gets turns. The spread makes that hold whatever the gaps' size in units of the
+    std: some env's temperature suits them. `greedy=True` (the distribution's mode) is argmax_a Q; the
+    values are those of the greedy action, max_a Q.
     """
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
-        epsilon: float = 0.4, epsilon_alpha: float = 7.0,
+        temperature: float = 0.4, temperature_alpha: float = 7.0,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
         super().__init__(observation_space, action_space, core, head_dim)
-        self.epsilon, self.epsilon_alpha = epsilon, epsilon_alpha
+        self.temperature, self.temperature_alpha = temperature, temperature_alpha
 
-    def exploration_epsilons(self, num_rows: int, device: torch.device) -> Tensor:
-        """epsilon_i of rows i = 0 .. num_rows - 1, float `[num_rows]` (the class docstring)."""
+    def temperatures(self, num_rows: int, device: torch.device) -> Tensor:
+        """tau_i of rows i = 0 .. num_rows - 1, float `[num_rows]` (the class docstring)."""
         position = torch.arange(num_rows, device=device) / max(num_rows - 1, 1)
-        return self.epsilon ** (1 + self.epsilon_alpha * position)
+        return self.temperature ** (1 + self.temperature_alpha * position)
 
     def q_values(self, y: Tensor) -> Tensor:
         """The core's output `[..., hidden_dim]` -> Q-values in reward units `[..., num_actions]`."""
@@ -216,13 +219,13 @@ class QPolicy(Policy):
 
     def forward(
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
-    ) -> tuple[EpsilonGreedy, Tensor, State]:
-        """As `Policy.forward`: the epsilon-greedy distribution over `[B, T]` (row b's epsilon from
-        `exploration_epsilons(B)`), the greedy values max_a Q `[B, T]` and the next state."""
+    ) -> tuple[ActionDistribution, Tensor, State]:
+        """As `Policy.forward`: the Boltzmann distribution over `[B, T]` (row b's temperature from
+        `temperatures(B)`), the greedy values max_a Q `[B, T]` and the next state."""
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         q = self.q_values(y)
-        epsilons = self.exploration_epsilons(q.shape[0], q.device)[:, None]
-        return EpsilonGreedy(q, epsilons), q.max(-1).values, state
+        scale = self.value_layer.std * self.temperatures(q.shape[0], q.device)[:, None, None]
+        return ActionDistribution(q / scale, self.action_head.nvec), q.max(-1).values, state
 
     @torch.no_grad()
     def update_value_statistics(self, targets: Tensor) -> None:
@@ -242,5 +245,6 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     memory, agent = cfg.memory, cfg.agent
     core = build_core(memory.core, input_dim=agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
     if isinstance(agent, DQNConfig):
-        return QPolicy(observation_space, action_space, core, agent.head_dim, agent.epsilon, agent.epsilon_alpha)
+        return QPolicy(observation_space, action_space, core, agent.head_dim, agent.temperature,
+                       agent.temperature_alpha)
     return Policy(observation_space, action_space, core, agent.head_dim)

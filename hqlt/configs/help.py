@@ -70,7 +70,7 @@ def help_text(*, _root_: DictConfig) -> str:
         (f"{command} [group=option ...] [key=value ...]", ""),
         (f"{command} -m memory=lstm,gru,hqlt seed=0,1,2", "a sweep, one run after another"),
         (f"{command} env=any env.id=<id> +env.kwargs.<k>=<v>", "any registered env id, with its arguments"),
-        (f"{command} agent=dqn", "off-policy: recurrent DQN (epsilon-greedy, n-step double Q) from a replay buffer"),
+        (f"{command} agent=dqn", "off-policy: recurrent DQN (n-step double Q) from a replay buffer"),
         (f"{command} agent=sac agent.updates_per_collect=8", "off-policy: recurrent SAC-Discrete from a replay buffer"),
         (f"{command} resume=<run>/checkpoints/step<N>.pt", "continue a run"),
         (f"{command} --cfg job", "print the composed config"),

@@ -186,7 +186,7 @@ class SACConfig:
 
 @dataclass
 class DQNConfig:
-    """Recurrent DQN (hqlt.agents.dqn, in the style of R2D2): envs stepped as for PPO by an epsilon-greedy
+    """Recurrent DQN (hqlt.agents.dqn, in the style of R2D2): envs stepped as for PPO by an exploring
     Q-network (a QPolicy), their training sequences kept in a replay buffer, double Q-learning towards
     n-step targets of a Polyak-averaged target network. Discrete action spaces only."""
 
@@ -211,10 +211,10 @@ class DQNConfig:
     n_step: int = 5
     # Polyak weight of the online network in each update of the target network.
     tau: float = 0.005
-    # Exploration (Ape-X): env i of N acts at random with probability epsilon ** (1 + epsilon_alpha * i / (N - 1)),
-    # from epsilon down to epsilon ** (1 + epsilon_alpha): some envs explore, others walk long episodes greedily.
-    epsilon: float = 0.4
-    epsilon_alpha: float = 7.0
+    # Exploration (hqlt.agents.policy.QPolicy): env i of N samples from softmax(Q / (std x tau_i)), std the value
+    # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
+    temperature: float = 0.4
+    temperature_alpha: float = 7.0
     # Clip of the gradient norm; the TD loss is in units of the value statistics' std (PopArt).
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
@@ -403,7 +403,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     if isinstance(agent, SACConfig):
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
-        own = [*replay, ("n_step", ">= 1"), ("epsilon", "in [0, 1]"), ("epsilon_alpha", ">= 0")]
+        own = [*replay, ("n_step", ">= 1"), ("temperature", "in (0, 1]"), ("temperature_alpha", ">= 0")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
