@@ -67,11 +67,12 @@ SUITES = {
         "tasks": {name: ["experiment=popgym_suite", f"env.id=popgym-{name}-v0"] for name in POPGYM_ANCHORS},
         "cores": PRESET_CORES,
     },
-    # Where learning starts: short Visual Match, T-Maze 100 and 1000, with the learner's defaults.
+    # Where learning starts: short Visual Match, T-Maze 100 and 1000, with the learner's defaults. 256 envs
+    # learn Visual Match in 4x fewer env steps than 1024 (4x the updates; RESULTS, "updates per env step").
     "memory_probe": {
         "tasks": {
-            "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=1024"],
-            "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=1024"],
+            "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=256"],
+            "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=256"],
             "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
                                   "agent.rollout_length=101"],
             "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=64",

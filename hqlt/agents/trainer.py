@@ -600,12 +600,15 @@ class Trainer:
         return schedule
 
 
-def train(cfg: TrainConfig) -> dict[str, float]:
-    """Trains one run of `cfg` with its agent's trainer (Trainer: PPO, ImpalaTrainer: IMPALA, SacTrainer:
-    SAC-Discrete, DqnTrainer: DQN) and returns its final summary."""
+def trainer_class(cfg: TrainConfig) -> type[Trainer]:
+    """The trainer of cfg's agent: Trainer (PPO), ImpalaTrainer, SacTrainer (SAC-Discrete) or DqnTrainer."""
     from hqlt.agents.dqn import DqnTrainer  # they build on this module
     from hqlt.agents.impala import ImpalaTrainer
     from hqlt.agents.sac import SacTrainer
 
-    trainer = {ImpalaConfig: ImpalaTrainer, SACConfig: SacTrainer, DQNConfig: DqnTrainer}.get(type(cfg.agent), Trainer)
-    return trainer(cfg).run()
+    return {ImpalaConfig: ImpalaTrainer, SACConfig: SacTrainer, DQNConfig: DqnTrainer}.get(type(cfg.agent), Trainer)
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Trains one run of `cfg` with its agent's trainer and returns its final summary."""
+    return trainer_class(cfg)(cfg).run()
