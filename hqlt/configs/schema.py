@@ -138,12 +138,11 @@ class ImpalaConfig:
 
 
 @dataclass
-class SACConfig:
-    """Recurrent SAC-Discrete (hqlt.agents.sac): envs stepped as for PPO, their training sequences kept in
-    a replay buffer, twin soft Q-functions on a memory core of their own; and the policy around the
-    memory core. Discrete action spaces only."""
+class ReplayConfig:
+    """What the replay learners share (hqlt.agents.replay; SACConfig, DQNConfig): envs stepped as for PPO,
+    their training sequences kept in a replay buffer and replayed from their stored start states."""
 
-    name: str = "sac"
+    name: str = MISSING
     num_envs: int = 16
     # Env steps per env per collection; each collection is followed by updates_per_collect updates.
     rollout_length: int = 64
@@ -158,12 +157,20 @@ class SACConfig:
     updates_per_collect: int = 4
     # Env steps collected before the first update.
     learning_starts: int = 5000
-    # Adam's learning rate of the actor, the critics and the temperature.
+    # Adam's learning rate of every network the learner trains.
     learning_rate: float = 3e-4
     anneal_lr: bool = False
     gamma: float = 0.99
-    # Polyak weight of the online critic in each update of the target critic.
+    # Polyak weight of the online network in each update of its target copy.
     tau: float = 0.005
+
+
+@dataclass
+class SACConfig(ReplayConfig):
+    """Recurrent SAC-Discrete (hqlt.agents.sac): twin soft Q-functions on a memory core of their own, and
+    the policy around the memory core. Discrete action spaces only."""
+
+    name: str = "sac"
     # Target entropy as a fraction of the uniform policy's, log|A|. Christodoulou's 0.98 keeps the
     # policy close to uniform (the temperature grows until it is), too high to commit to a remembered
     # choice; 0.3 leaves one action about 90% of the probability among 3-4 actions.
@@ -185,32 +192,14 @@ class SACConfig:
 
 
 @dataclass
-class DQNConfig:
-    """Recurrent DQN (hqlt.agents.dqn, in the style of R2D2): envs stepped as for PPO by an exploring
-    Q-network (a QPolicy), their training sequences kept in a replay buffer, double Q-learning towards
-    n-step targets of a Polyak-averaged target network. Discrete action spaces only."""
+class DQNConfig(ReplayConfig):
+    """Recurrent DQN (hqlt.agents.dqn, in the style of R2D2): an exploring Q-network (a QPolicy) acts,
+    double Q-learning towards n-step targets of a Polyak-averaged target network. Discrete action spaces
+    only."""
 
     name: str = "dqn"
-    num_envs: int = 16
-    # Env steps per env per collection; each collection is followed by updates_per_collect updates.
-    rollout_length: int = 64
-    # Training sequence length; 0: rollout_length. Must divide rollout_length.
-    sequence_length: int = 0
-    # Training sequences the replay buffer keeps (the oldest are overwritten); at least one collection's.
-    replay_size: int = 2048
-    # Sequences per gradient step.
-    batch_size: int = 32
-    # Gradient steps per collection (the replay ratio as for SACConfig).
-    updates_per_collect: int = 4
-    # Env steps collected before the first update.
-    learning_starts: int = 5000
-    learning_rate: float = 3e-4
-    anneal_lr: bool = False
-    gamma: float = 0.99
     # Rewards summed before the target bootstraps (R2D2's 5): values travel n steps back per target update.
     n_step: int = 5
-    # Polyak weight of the online network in each update of the target network.
-    tau: float = 0.005
     # Exploration (hqlt.agents.policy.QPolicy): env i of N samples from softmax(Q / (std x tau_i)), std the value
     # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
     temperature: float = 0.4
@@ -223,8 +212,6 @@ class DQNConfig:
 
 # agent.name -> the agent's schema.
 AGENT_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "impala": ImpalaConfig, "sac": SACConfig, "dqn": DQNConfig}
-# The agents that learn from a replay buffer (hqlt.agents.replay).
-REPLAY_AGENTS = (SACConfig, DQNConfig)
 
 
 def agent_config(agent: Any) -> PPOConfig | ImpalaConfig | SACConfig | DQNConfig:
@@ -387,7 +374,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be {bound}, got {value}")
     if isinstance(cfg.agent, PPOConfig):
         validate_ppo_sizes(cfg.agent)
-    elif isinstance(cfg.agent, REPLAY_AGENTS):
+    elif isinstance(cfg.agent, ReplayConfig):
         validate_replay_sizes(cfg.agent)
     else:
         validate_impala(cfg)
@@ -417,7 +404,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
-def sequences_per_rollout(agent: PPOConfig | SACConfig | DQNConfig) -> int:
+def sequences_per_rollout(agent: PPOConfig | ReplayConfig) -> int:
     """The training sequences a rollout is cut into (num_envs x rollout_length / sequence_length); raises
     ConfigError unless sequence_length (0: rollout_length) divides rollout_length."""
     sequence_length = agent.sequence_length or agent.rollout_length
@@ -438,7 +425,7 @@ def validate_ppo_sizes(agent: PPOConfig) -> None:
         )
 
 
-def validate_replay_sizes(agent: SACConfig | DQNConfig) -> None:
+def validate_replay_sizes(agent: ReplayConfig) -> None:
     """Raises ConfigError unless the training sequences cut the rollout evenly and the replay buffer
     holds one collection's sequences and a batch."""
     per_collect = sequences_per_rollout(agent)
