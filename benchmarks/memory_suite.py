@@ -56,6 +56,8 @@ PAPER_CORES = {
     "lstm": ["memory=lstm"],
 }
 PRESET_CORES = {core: [f"memory={core}"] for core in ("hqlt", "transformer", "deltanet", "lstm", "gru")}
+# agent=dqn's replay sizes on the GPU probes (dqn_probe).
+DQN_SIZES = ["agent.batch_size=64", "agent.replay_size=4096", "agent.learning_starts=50000"]
 SUITES = {
     "visual_match_750": {"tasks": {"visual_match_750": ["experiment=visual_match_750"]}, "cores": PAPER_CORES},
     "tmaze_passive_1000": {
@@ -77,6 +79,22 @@ SUITES = {
                                   "agent.rollout_length=101"],
             "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=64",
                                    "agent.rollout_length=1001"],
+        },
+        "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
+    },
+    # The same tasks with agent=dqn, sized as on the H100 (RESULTS, "updates per env step, and DQN"): about
+    # 4 replayed sequences per collected one.
+    "dqn_probe": {
+        "tasks": {
+            "visual_match_0": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=256",
+                               "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
+            "visual_match_30": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=256",
+                                "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
+            "tmaze_passive_100": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
+                                  "agent.rollout_length=101", *DQN_SIZES, "agent.updates_per_collect=32"],
+            "tmaze_passive_1000": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=128",
+                                   "agent.rollout_length=1001", "agent.batch_size=16", "agent.replay_size=512",
+                                   "agent.learning_starts=200000", "agent.updates_per_collect=32"],
         },
         "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
     },
