@@ -106,6 +106,23 @@ def test_popart_takes_the_first_targets_moments_then_keeps_outputs():
     assert targets.mean() < layer.mean < targets.mean() + 10.0
 
 
+def test_popart_with_a_mask_takes_only_the_masked_targets_and_an_empty_mask_changes_nothing():
+    """What DQN passes (targets whose window was not truncated), without reading the mask on the host."""
+    layer, plain = PopArt(3), PopArt(3)
+    plain.load_state_dict(layer.state_dict())
+    targets = torch.tensor([1.0, 5.0, 1000.0, 3.0])
+    mask = torch.tensor([True, True, False, True])
+    assert layer.update(targets, mask) == 1.0  # the first update keeps the layer
+    plain.update(targets[mask])
+    torch.testing.assert_close(layer.state_dict(), plain.state_dict())
+    before = {name: value.clone() for name, value in layer.state_dict().items()}
+    scale = layer.update(targets, torch.zeros_like(mask))
+    assert scale == 1.0
+    torch.testing.assert_close(layer.state_dict(), before, rtol=0, atol=0)
+    scale = layer.update(10 * targets[mask])
+    torch.testing.assert_close(scale, before["moments.mean_square"].sub(before["moments.mean"] ** 2).sqrt() / layer.std)
+
+
 def acted_rollout(policy: Policy, num_envs: int = 4, steps: int = 8) -> Rollout:
     """A rollout whose log-probs and values are the policy's own, with random rewards and episode ends."""
     generator = torch.Generator().manual_seed(1)

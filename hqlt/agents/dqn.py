@@ -116,10 +116,8 @@ def dqn_update(
     # (each keeping its Q-values), so that they stay in the same units.
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(policy.parameters()), cfg.tau)
-        kept_targets = targets[kept]
-        if kept_targets.numel():
-            policy.update_value_statistics(kept_targets)
-            target.update_value_statistics(kept_targets)
+        policy.update_value_statistics(targets, kept)
+        target.update_value_statistics(targets, kept)
         greedy_taken = (q[:, :length].argmax(-1, keepdim=True) == batch.actions).float().mean()
 
     return {

@@ -192,10 +192,11 @@ class QPolicy(Policy):
     tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads its epsilons
     (Horgan et al. 2018; 0.4 to 0.4 ** 8 = 0.0007 with the defaults). Unlike epsilon-greedy, this explores
     where the actions' values are close and not where one is far better: a corridor whose every step
-    matters is walked, and at its end a junction whose turn was never tried (and so is valued like the
-    corridor's "right") gets turns. The spread makes that hold whatever the gaps' size in units of the
-    std: some env's temperature suits them. `greedy=True` (the distribution's mode) is argmax_a Q; the
-    values are those of the greedy action, max_a Q.
+    matters is walked, and at its end a junction whose never-tried turn is valued close to "right" gets
+    turns (with hqlt; lstm's generalised gap there is too wide for any temperature, benchmarks/RESULTS.md).
+    The spread lets some env's temperature suit the gaps, whatever their size in units of the std.
+    `greedy=True` (the distribution's mode) is argmax_a Q; the values are those of the greedy action,
+    max_a Q.
     """
 
     def __init__(
@@ -228,12 +229,11 @@ class QPolicy(Policy):
         return ActionDistribution(q / scale, self.action_head.nvec), q.max(-1).values, state
 
     @torch.no_grad()
-    def update_value_statistics(self, targets: Tensor) -> None:
-        """Moves the value statistics towards those of `targets` (any shape, reward units) and rescales the
-        advantages' output layer with the value layer (PopArt), so that every Q-value stays the same."""
-        old_std, first = self.value_layer.std.clone(), ~self.value_layer.moments.updated
-        self.value_layer.update(targets)
-        scale = torch.where(first, 1.0, old_std / self.value_layer.std)
+    def update_value_statistics(self, targets: Tensor, mask: Tensor | None = None) -> None:
+        """Moves the value statistics towards those of `targets` (any shape, reward units; where the bool
+        `mask` holds) and rescales the advantages' output layer as PopArt rescales the value layer, so that
+        every Q-value stays the same."""
+        scale = self.value_layer.update(targets, mask)
         advantage_layer = self.action_head.net[-1]
         advantage_layer.weight.mul_(scale)
         advantage_layer.bias.mul_(scale)

@@ -48,12 +48,18 @@ class RunningMoments(nn.Module):
         return self.kept < 1.0
 
     @torch.no_grad()
-    def update(self, values: Tensor) -> None:
-        """Moves the statistics towards those of `values` (any shape) of all ranks together, so that
-        every rank keeps the same statistics."""
-        mean, mean_square = distributed.all_reduce_mean(torch.stack([values.mean(), (values**2).mean()]))
-        self.kept.mul_(1.0 - STATS_WEIGHT)
-        weight = STATS_WEIGHT / (1.0 - self.kept)  # the first update's weight is 1, replacing (0, 1)
+    def update(self, values: Tensor, mask: Tensor | None = None) -> None:
+        """Moves the statistics towards those of `values` (any shape; only where the bool `mask` of the same
+        shape holds, if given) of all ranks together, so that every rank keeps the same statistics. A mask
+        that holds nowhere leaves them as they are (no host synchronisation either way)."""
+        weights = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+        count = weights.sum()
+        moments = torch.stack([(weights * values).sum(), (weights * values**2).sum()]) / count.clamp(min=1)
+        mean, mean_square = distributed.all_reduce_mean(moments)
+        moved = count > 0
+        kept = torch.where(moved, self.kept * (1.0 - STATS_WEIGHT), self.kept)
+        weight = torch.where(moved, STATS_WEIGHT / (1.0 - kept), 0.0)  # the first update's weight is 1
+        self.kept.copy_(kept)
         self.mean.lerp_(mean, weight)
         self.mean_square.lerp_(mean_square, weight)
 
@@ -83,12 +89,15 @@ class PopArt(nn.Linear):
         return super().forward(h) * self.std + self.mean
 
     @torch.no_grad()
-    def update(self, targets: Tensor) -> None:
+    def update(self, targets: Tensor, mask: Tensor | None = None) -> Tensor:
         """Moves the statistics towards those of `targets` (see `RunningMoments.update`); later updates
-        keep the outputs."""
+        keep the outputs. Returns the factor the layer's weight was scaled by (old std / new std; 1 at
+        the first update), for layers whose outputs are in the same normalised units."""
         old_mean, old_std, first = self.mean.clone(), self.std, ~self.moments.updated
-        self.moments.update(targets)
+        self.moments.update(targets, mask)
         # An untrained critic's outputs are not worth keeping: preserved through a small first std they
         # would become huge normalised errors (a value gradient 150x the policy's on T-Maze 20).
-        self.weight.mul_(torch.where(first, 1.0, old_std / self.std))
+        scale = torch.where(first, 1.0, old_std / self.std)
+        self.weight.mul_(scale)
         self.bias.copy_(torch.where(first, self.bias, (old_std * self.bias + old_mean - self.mean) / self.std))
+        return scale
