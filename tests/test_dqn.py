@@ -143,16 +143,30 @@ def test_replayed_sequences_reproduce_the_collector_and_the_target_runs_over_who
 
 def test_truncated_windows_are_left_out_of_the_loss(tmp_path):
     """Their bootstrap (the value of info["final_obs"]) is not kept: a batch of truncated steps leaves
-    the network unchanged."""
-    trainer = DqnTrainer(tiny_config(tmp_path))
+    the network unchanged (the recall objective off)."""
+    trainer = DqnTrainer(tiny_config(tmp_path, "agent.recall_coef=0"))
     trainer._collect()
     batch = trainer.replay.sample(3, trainer.generator)
     batch.truncated, batch.terminated = torch.ones_like(batch.truncated), torch.zeros_like(batch.terminated)
     before = [p.clone() for p in trainer.policy.parameters()]
-    stats = dqn_update(trainer.policy, trainer.optimizer, trainer.target, batch, trainer.cfg.agent)
+    stats = dqn_update(trainer.policy, trainer.optimizer, trainer.target, batch, trainer.cfg.agent, trainer.generator)
     assert stats["loss"] == 0 and stats["grad_norm"] == 0
     for old, new in zip(before, trainer.policy.parameters()):
         torch.testing.assert_close(new, old, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("recall_coef", [0.0, 0.1])
+def test_the_recall_objective_trains_the_memory_only_when_weighed(tmp_path, recall_coef):
+    """With agent.recall_coef > 0 the step adds the episodic recall objective: its projections move and
+    its loss is logged; at 0 they stay as built."""
+    trainer = DqnTrainer(tiny_config(tmp_path, f"agent.recall_coef={recall_coef}"))
+    trainer._collect()
+    batch = trainer.replay.sample(3, trainer.generator)
+    before = [p.clone() for p in trainer.policy.recall.parameters()]
+    stats = dqn_update(trainer.policy, trainer.optimizer, trainer.target, batch, trainer.cfg.agent, trainer.generator)
+    moved = [not torch.equal(old, new) for old, new in zip(before, trainer.policy.recall.parameters())]
+    assert all(moved) == bool(recall_coef) and any(moved) == bool(recall_coef)
+    assert (stats["recall_loss"] > 0) == bool(recall_coef)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -22,6 +22,7 @@ is a copy of it. The math, per step t of a sequence of L (actions a of the Discr
     y_t        = sum_{k < m} gamma^k r_{t+k} + gamma^m b(t + m) [no episode end before t + m]
                  with m = min(n_step, steps to the sequence's end), stopped early at an episode's end
     loss       = mean over the steps kept of 1/2 ((Q(t, a_t) - y_t) / std)^2   (std: PopArt's)
+                 + recall_coef x the episodic recall objective over the L steps (hqlt/agents/recall.py)
     Qbar <- tau Q + (1 - tau) Qbar;  the value statistics of both move towards the targets' moments
 
 A target whose window ends in a truncation (a time limit) would bootstrap from info["final_obs"],
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from hqlt.agents import metrics
 from hqlt.agents.policy import Policy, QPolicy
 from hqlt.agents.ppo import NonFiniteLossError
+from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.replay import ReplaySequences, ReplayTrainer
 from hqlt.configs.schema import DQNConfig
 
@@ -75,18 +77,21 @@ def n_step_targets(
 
 
 def dqn_update(
-    policy: QPolicy, optimizer: torch.optim.Optimizer, target: QPolicy, batch: ReplaySequences, cfg: DQNConfig
+    policy: QPolicy, optimizer: torch.optim.Optimizer, target: QPolicy, batch: ReplaySequences, cfg: DQNConfig,
+    generator: torch.Generator,
 ) -> dict[str, Tensor]:
     """One gradient step of `policy` on `batch` (`[B, L(+1), ...]`), then the target's Polyak step and
     both networks' value statistics; returns the step's statistics (scalar tensors, on the device).
-    Raises NonFiniteLossError before any parameter changes if the loss or gradient is NaN or inf."""
+    `generator` draws the episodic recall objective's pairs. Raises NonFiniteLossError before any
+    parameter changes if the loss or gradient is NaN or inf."""
     obs, prev_actions, prev_rewards, resets = batch.inputs()
     length = batch.length
 
     # 1. Replay the online network over the L + 1 steps from its acting states, the target network
     # from its stored start states: Q-values [B, L + 1, A].
     states = {name: value.detach() for name, value in batch.states.items()}
-    q = policy.q_values(policy.memory(obs, prev_actions, prev_rewards, states, resets)[0])
+    y, features, _ = policy.memory(obs, prev_actions, prev_rewards, states, resets)
+    q = policy.q_values(y)
     with torch.no_grad():
         target_q = target.q_values(target.memory(obs, prev_actions, prev_rewards, batch.replayed_states["target"],
                                                  resets)[0])
@@ -98,11 +103,17 @@ def dqn_update(
         targets, kept = n_step_targets(batch.rewards, batch.terminated, batch.truncated, next_values, cfg.gamma,
                                        cfg.n_step)
 
-    # 3. The TD loss at the actions taken, in units of the value statistics' std.
+    # 3. The TD loss at the actions taken, in units of the value statistics' std, and the episodic recall
+    # objective over the L steps.
     taken = q[:, :length].gather(-1, batch.actions)[..., 0]  # [B, L]
     weights = kept.float()
     td = (taken - targets) / policy.value_layer.std
-    loss = (0.5 * td.pow(2) * weights).sum() / weights.sum().clamp(min=1)
+    td_loss = (0.5 * td.pow(2) * weights).sum() / weights.sum().clamp(min=1)
+    recall_loss = (
+        policy.recall.loss(y[:, :length], features[:, :length], resets[:, :length], RECALL_PAIRS, generator)
+        if cfg.recall_coef else y.new_zeros(())
+    )
+    loss = td_loss + cfg.recall_coef * recall_loss
 
     # 4. The step, never on a NaN/inf.
     optimizer.zero_grad()
@@ -123,7 +134,7 @@ def dqn_update(
     return {
         "loss": loss.detach(), "q_mean": taken.detach().mean(), "target_mean": targets.mean(),
         "td_error": (td.detach().abs() * weights).sum() / weights.sum().clamp(min=1),
-        "greedy_fraction": greedy_taken, "grad_norm": grad_norm,
+        "greedy_fraction": greedy_taken, "recall_loss": recall_loss.detach(), "grad_norm": grad_norm,
     }
 
 
@@ -141,7 +152,7 @@ class DqnTrainer(ReplayTrainer):
         return {"target": self.target}
 
     def _gradient_step(self, batch: ReplaySequences) -> dict[str, Tensor]:
-        return dqn_update(self.policy, self.optimizer, self.target, batch, self.cfg.agent)
+        return dqn_update(self.policy, self.optimizer, self.target, batch, self.cfg.agent, self.generator)
 
     def _learner_modules(self) -> dict[str, nn.Module]:
         return {"target": self.target}
@@ -149,5 +160,5 @@ class DqnTrainer(ReplayTrainer):
     def _agent_hparams(self) -> dict[str, Any]:
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
-                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha")
+                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha", "recall_coef")
         return {name: getattr(agent, name) for name in names}

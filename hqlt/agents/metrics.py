@@ -70,13 +70,14 @@ SAC_UPDATE_TAGS = {
 }
 # dqn_update's summary keys -> tags (means over the updates after a collection).
 DQN_UPDATE_TAGS = {
-    "loss": "loss/total",  # 1/2 the squared n-step TD error in units of the value statistics' std
+    "loss": "loss/total",  # 1/2 the squared n-step TD error in units of the value statistics' std, plus the recall term
     "q_mean": "dqn/q_mean",  # Q at the replayed actions
     "target_mean": "dqn/target_mean",  # the n-step targets
     "td_error": "dqn/td_error",  # mean |TD error| in units of the value statistics' std
     # fraction of the replayed actions that are greedy for the network now: how far the exploring policy
     # that acted is from the greedy one
     "greedy_fraction": "dqn/greedy_fraction",
+    "recall_loss": UPDATE_TAGS["recall_loss"],
     "grad_norm": UPDATE_TAGS["grad_norm"],
 }
 # The sequences the replay buffer holds (SAC, DQN), once per collection.

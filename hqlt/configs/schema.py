@@ -204,6 +204,8 @@ class DQNConfig(ReplayConfig):
     # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
     temperature: float = 0.4
     temperature_alpha: float = 7.0
+    # PPO's episodic recall objective (PPOConfig.recall_coef) on the replayed sequences; 0 turns it off.
+    recall_coef: float = 0.1
     # Clip of the gradient norm; the TD loss is in units of the value statistics' std (PopArt).
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
@@ -390,7 +392,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     if isinstance(agent, SACConfig):
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
-        own = [*replay, ("n_step", ">= 1"), ("temperature", "in (0, 1]"), ("temperature_alpha", ">= 0")]
+        own = [*replay, ("n_step", ">= 1"), ("temperature", "in (0, 1]"), ("temperature_alpha", ">= 0"),
+               ("recall_coef", ">= 0")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
