@@ -68,7 +68,8 @@ def played_episodes(distractor_steps: int, episodes: int, seed: int) -> tuple[to
 
 @torch.no_grad()
 def cue_effect(policy: Policy, episodes: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-    """(core output change relative to its spread, total variation of the policy) at the decision step."""
+    """(core output change relative to its spread, total variation of the policy) at the decision step,
+    the last of `episodes` (`played_episodes`' tensors, `[N, T, ...]`), each a mean over the N episodes."""
     obs, swapped, prev_actions, prev_rewards, resets = episodes
     outputs, probs = [], []
     for observations in (obs, swapped):

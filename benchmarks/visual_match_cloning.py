@@ -1,7 +1,8 @@
 """Behaviour cloning on Passive Visual Match through `Policy` and a memory core: how long the memory plateau lasts.
 
     python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|episodic|cue] [--updates 3000]
-        [--distractor-steps 0] [--episodes 64] [--seed 0] [--option KEY=VALUE ...]
+        [--distractor-steps 0] [--episodes 64] [--seed 0] [--recall-pairs 32] [--max-grad-norm NORM]
+        [--option KEY=VALUE ...]
 
 The scripted teacher acts only on what a remembering agent can know: in the reward room it walks up
 until the middle door is in view, goes to it if it has the cue's colour, else steps left until the
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--distractor-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recall-pairs", type=int, default=RECALL_PAIRS, help="(t', t) pairs of the episodic variant")
+    parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
@@ -162,12 +165,14 @@ def main() -> None:
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
         elif args.variant == "episodic":
-            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, RECALL_PAIRS, generator)
+            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, args.recall_pairs, generator)
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)
         optimizer.zero_grad()
         loss.backward()
+        if args.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
         if update % 100 == 0:
             line = f"{args.core} {options or ''} {args.variant} update {update}: cloning loss {np.mean(losses):.4f}"
