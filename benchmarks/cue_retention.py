@@ -94,6 +94,10 @@ def main() -> None:
     overrides = [o for o in overrides if o != "--"]
     distractors = [int(d) for d in argv.distractors.split(",")]
     seeds = [int(s) for s in argv.seeds.split(",")]
+    cores = argv.cores.split(",")
+    unknown = [core for core in cores if core not in PAPER_CORES]
+    if unknown:
+        parser.error(f"unknown core(s) {unknown}; valid: {', '.join(PAPER_CORES)}")
     episodes = {d: played_episodes(d, argv.episodes, seed=d + 1) for d in distractors}
     space_env = make("hqlt/PassiveVisualMatch-v0")
     spaces = space_env.observation_space, space_env.action_space
@@ -103,7 +107,7 @@ def main() -> None:
         policies = {Path(argv.checkpoint).name: [Policy.from_checkpoint(argv.checkpoint)[0]]}
     else:
         policies = {}
-        for core in argv.cores.split(","):
+        for core in cores:
             policies[core] = []
             for seed in seeds:
                 torch.manual_seed(seed)

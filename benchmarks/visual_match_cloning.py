@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
+    if args.recall_pairs < 1 or (args.max_grad_norm is not None and args.max_grad_norm <= 0):
+        parser.error("--recall-pairs must be >= 1 and --max-grad-norm > 0")
     options = {key: yaml.safe_load(value) for key, value in (option.split("=", 1) for option in args.option)}
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
