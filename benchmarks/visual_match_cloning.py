@@ -167,7 +167,7 @@ def main() -> None:
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
         elif args.variant == "episodic":
-            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, args.recall_pairs, generator)
+            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, generator, args.recall_pairs)
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)

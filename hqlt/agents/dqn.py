@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from hqlt.agents import metrics
 from hqlt.agents.policy import Policy, QPolicy
 from hqlt.agents.ppo import NonFiniteLossError
-from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.replay import ReplaySequences, ReplayTrainer
 from hqlt.configs.schema import DQNConfig
 
@@ -109,10 +108,8 @@ def dqn_update(
     weights = kept.float()
     td = (taken - targets) / policy.value_layer.std
     td_loss = (0.5 * td.pow(2) * weights).sum() / weights.sum().clamp(min=1)
-    recall_loss = (
-        policy.recall.loss(y[:, :length], features[:, :length], resets[:, :length], RECALL_PAIRS, generator)
-        if cfg.recall_coef else y.new_zeros(())
-    )
+    recall_generator = generator if cfg.recall_coef else None
+    recall_loss = policy.recall.loss(y[:, :length], features[:, :length], resets[:, :length], recall_generator)
     loss = td_loss + cfg.recall_coef * recall_loss
 
     # 4. The step, never on a NaN/inf.

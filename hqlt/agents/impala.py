@@ -56,7 +56,6 @@ from hqlt.agents.policy import Policy, build_policy
 from hqlt.agents.ppo import (
     ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance,
 )
-from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
 from hqlt.agents.trainer import Trainer, TrainingError, env_options, merge_episodes, seed_everything
 from hqlt.agents.vtrace import vtrace
@@ -177,10 +176,7 @@ def replay_segments(
     # The step after the segment is replayed for its value alone: any action fills its place.
     actions = torch.cat([segments.actions, segments.actions[:, -1:]], dim=1)
     log_probs, entropy = dist.log_prob(actions), dist.entropy()
-    recall_loss = y.new_zeros(())
-    if generator is not None:
-        resets = segments.resets[:, burn_in:-1]
-        recall_loss = policy.recall.loss(y[:, :-1], features[:, :-1], resets, RECALL_PAIRS, generator)
+    recall_loss = policy.recall.loss(y[:, :-1], features[:, :-1], segments.resets[:, burn_in:-1], generator)
     return log_probs[:, :-1], entropy[:, :-1], values[:, :-1], values[:, -1].detach(), recall_loss
 
 

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from hqlt.agents import distributed
 from hqlt.agents.policy import Policy
-from hqlt.agents.recall import RECALL_PAIRS
 from hqlt.agents.rollout import Rollout, SequenceBatch, training_sequences
 from hqlt.configs.schema import PPOConfig
 
@@ -63,13 +62,11 @@ def replay(
     policy: Policy, batch: SequenceBatch, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Re-runs the policy in sequence mode over `batch`: log-probs, entropies and values, each `[S, L]`,
-    and the episodic recall loss (a scalar over RECALL_PAIRS pairs drawn with `generator`; 0 without)."""
+    and the episodic recall loss (a scalar, its pairs drawn with `generator`; 0 without)."""
     states = {name: value.detach() for name, value in batch.states.items()}
     y, features, _ = policy.memory(batch.obs, batch.prev_actions, batch.prev_rewards, states, batch.resets)
     dist, values = policy.action_head(y), policy.critic(y).squeeze(-1)
-    recall_loss = (
-        policy.recall.loss(y, features, batch.resets, RECALL_PAIRS, generator) if generator is not None else y.new_zeros(())
-    )
+    recall_loss = policy.recall.loss(y, features, batch.resets, generator)
     return dist.log_prob(batch.actions), dist.entropy(), values, recall_loss
 
 

@@ -34,14 +34,18 @@ class EpisodicRecall(nn.Module):
         self.query = nn.Linear(hidden_dim, RECALL_DIM)
         self.key = nn.Linear(feature_dim, RECALL_DIM)
 
-    def loss(self, y: Tensor, features: Tensor, resets: Tensor, num_pairs: int, generator: torch.Generator) -> Tensor:
-        """Mean InfoNCE over `num_pairs` random (t', t) pairs, t' < t.
+    def loss(
+        self, y: Tensor, features: Tensor, resets: Tensor, generator: torch.Generator | None,
+        num_pairs: int = RECALL_PAIRS,
+    ) -> Tensor:
+        """Mean InfoNCE over `num_pairs` (t', t) pairs, t' < t, drawn with `generator`.
 
         y `[B, T, hidden_dim]`, features `[B, T, feature_dim]`, resets bool `[B, T]` (true where an
-        episode starts). Returns a scalar; 0 where no row has a pair inside one episode.
+        episode starts). Returns a scalar; 0 where no row has a pair inside one episode, and without
+        a generator (the learners pass none when the objective's weight is 0, so it costs nothing).
         """
         batch, steps = resets.shape
-        if steps < 2 or batch < 2:
+        if generator is None or steps < 2 or batch < 2:
             return y.new_zeros(())
         later = torch.randint(1, steps, (num_pairs,), generator=generator).to(y.device)
         earlier = (torch.rand(num_pairs, generator=generator).to(y.device) * later).long()  # in [0, later)
