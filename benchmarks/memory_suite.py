@@ -75,6 +75,10 @@ SUITES = {
         "tasks": {
             "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=256"],
             "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=256"],
+            # the cue beyond hqlt's window of 32; episodes of up to 130 steps, so rollouts of 256 hold them
+            # whole (the stored states are detached: no gradient crosses a rollout's start)
+            "visual_match_100": ["env=visual_match", "env.kwargs.distractor_steps=100", "agent.num_envs=128",
+                                 "agent.rollout_length=256"],
             "tmaze_passive_100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
                                   "agent.rollout_length=101"],
             "tmaze_passive_1000": ["env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=64",
