@@ -94,6 +94,11 @@ SUITES = {
                                "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
             "visual_match_30": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=256",
                                 "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
+            "visual_match_100": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=100", "agent.num_envs=128",
+                                 "agent.rollout_length=256", *DQN_SIZES, "agent.updates_per_collect=16"],
+            # the fourth probe's sizes (RESULTS): 64 envs x 1024 steps, 16 sequences per step, 16 replays per step
+            "visual_match_750": ["agent=dqn", "experiment=visual_match_750", "agent.batch_size=16", "agent.replay_size=512",
+                                 "agent.learning_starts=200000", "agent.updates_per_collect=64"],
             "tmaze_passive_100": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
                                   "agent.rollout_length=101", *DQN_SIZES, "agent.updates_per_collect=32"],
             "tmaze_passive_1000": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=128",

@@ -31,7 +31,7 @@ import yaml
 from torch import Tensor, nn
 
 from hqlt.agents import Policy
-from hqlt.agents.recall import RECALL_PAIRS
+from hqlt.configs.schema import PPOConfig
 from hqlt.envs.visual_match import _DOOR_CELLS, _PAD, DOWN, LEFT, NUM_COLOURS, RIGHT, UP, PassiveVisualMatch
 from hqlt.memory import build_core
 
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--distractor-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recall-pairs", type=int, default=RECALL_PAIRS, help="(t', t) pairs of the episodic variant")
+    parser.add_argument("--recall-pairs", type=int, default=PPOConfig.recall_pairs, help="(t', t) pairs of the episodic variant")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
@@ -167,7 +167,7 @@ def main() -> None:
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
         elif args.variant == "episodic":
-            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, generator, args.recall_pairs)
+            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, args.recall_pairs, generator)
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)

@@ -174,6 +174,7 @@ def test_the_recall_objective_trains_the_memory_only_when_weighed(tmp_path, reca
     ("agent.temperature=0", r"agent.temperature must be in \(0, 1\], got 0"),
     ("agent.temperature_alpha=-1", "agent.temperature_alpha must be >= 0, got -1"),
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
+    ("agent.recall_pairs=0", "agent.recall_pairs must be >= 1, got 0"),
     ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),
     ("agent.ent_coef=0.1", "unknown config key 'agent.ent_coef'; valid keys at agent: name, num_envs"),
 ])

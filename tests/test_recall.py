@@ -18,7 +18,7 @@ def train_recall(y: torch.Tensor, features: torch.Tensor, resets: torch.Tensor, 
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(updates):
-        loss = recall.loss(y, features, resets, generator, num_pairs=16)
+        loss = recall.loss(y, features, resets, 16, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -43,6 +43,6 @@ def test_pairs_across_an_episode_end_do_not_count():
     features = torch.randn(BATCH, STEPS, FEATURES)
     every_step_starts_an_episode = torch.ones(BATCH, STEPS, dtype=torch.bool)
     recall = EpisodicRecall(FEATURES, FEATURES)
-    loss = recall.loss(y, features, every_step_starts_an_episode, torch.Generator().manual_seed(0), num_pairs=8)
+    loss = recall.loss(y, features, every_step_starts_an_episode, 8, torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.item() == 0.0 and y.grad.abs().max() == 0.0

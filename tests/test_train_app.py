@@ -159,6 +159,7 @@ def test_unknown_options_and_keys_list_the_valid_ones(overrides, message):
         (["agent.ent_coef=-0.01"], "agent.ent_coef must be >= 0, got -0.01"),
         (["agent.vf_coef=-1"], "agent.vf_coef must be >= 0, got -1.0"),
         (["agent.max_grad_norm=0"], "agent.max_grad_norm must be > 0, got 0.0"),
+        (["agent.recall_pairs=0"], "agent.recall_pairs must be >= 1, got 0"),
         (["agent.target_kl=0"], "agent.target_kl must be > 0, got 0.0"),
         (["agent.learning_rate=nan"], "agent.learning_rate must be > 0, got nan"),
         (["agent.sequence_length=100"], "agent.sequence_length=100 must divide agent.rollout_length=128"),

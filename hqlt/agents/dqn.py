@@ -109,7 +109,9 @@ def dqn_update(
     td = (taken - targets) / policy.value_layer.std
     td_loss = (0.5 * td.pow(2) * weights).sum() / weights.sum().clamp(min=1)
     recall_generator = generator if cfg.recall_coef else None
-    recall_loss = policy.recall.loss(y[:, :length], features[:, :length], resets[:, :length], recall_generator)
+    recall_loss = policy.recall.loss(
+        y[:, :length], features[:, :length], resets[:, :length], cfg.recall_pairs, recall_generator
+    )
     loss = td_loss + cfg.recall_coef * recall_loss
 
     # 4. The step, never on a NaN/inf.
@@ -157,5 +159,6 @@ class DqnTrainer(ReplayTrainer):
     def _agent_hparams(self) -> dict[str, Any]:
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
-                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha", "recall_coef")
+                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha", "recall_coef",
+                 "recall_pairs")
         return {name: getattr(agent, name) for name in names}

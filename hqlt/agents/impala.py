@@ -157,11 +157,11 @@ class Actor:
 
 
 def replay_segments(
-    policy: Policy, segments: Segments, burn_in: int, generator: torch.Generator | None = None
+    policy: Policy, segments: Segments, burn_in: int, recall_pairs: int = 0, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Re-runs the policy over the segments from their stored states: log-probs of the taken actions,
     entropies and values, each `[N, T]`, the values `[N]` of the observations after the segments, and
-    the episodic recall loss over the T steps (as PPO's `replay`; 0 without `generator`).
+    the episodic recall loss over the T steps (`recall_pairs` pairs, as PPO's `replay`; 0 without `generator`).
 
     The burn-in prefix (the first `burn_in` steps) runs without gradient: it only brings the stored
     states up to date with the current parameters. The T steps and the step after them run from there.
@@ -176,7 +176,9 @@ def replay_segments(
     # The step after the segment is replayed for its value alone: any action fills its place.
     actions = torch.cat([segments.actions, segments.actions[:, -1:]], dim=1)
     log_probs, entropy = dist.log_prob(actions), dist.entropy()
-    recall_loss = policy.recall.loss(y[:, :-1], features[:, :-1], segments.resets[:, burn_in:-1], generator)
+    recall_loss = policy.recall.loss(
+        y[:, :-1], features[:, :-1], segments.resets[:, burn_in:-1], recall_pairs, generator
+    )
     return log_probs[:, :-1], entropy[:, :-1], values[:, :-1], values[:, -1].detach(), recall_loss
 
 
@@ -187,7 +189,7 @@ def impala_update(
     over ranks). `generator` draws the episodic recall objective's pairs."""
     # 1. Re-run the core from the stored states: the burn-in without gradient, then the segments.
     log_probs, entropy, values, bootstrap_values, recall_loss = replay_segments(
-        policy, segments, cfg.burn_in, generator if cfg.recall_coef else None
+        policy, segments, cfg.burn_in, cfg.recall_pairs, generator if cfg.recall_coef else None
     )
 
     # 2. V-trace targets and advantages of the current policy from the behaviour policy's steps.

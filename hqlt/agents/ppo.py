@@ -59,14 +59,14 @@ def compute_gae(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tens
 
 
 def replay(
-    policy: Policy, batch: SequenceBatch, generator: torch.Generator | None = None
+    policy: Policy, batch: SequenceBatch, recall_pairs: int = 0, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Re-runs the policy in sequence mode over `batch`: log-probs, entropies and values, each `[S, L]`,
-    and the episodic recall loss (a scalar, its pairs drawn with `generator`; 0 without)."""
+    and the episodic recall loss (a scalar over `recall_pairs` pairs drawn with `generator`; 0 without)."""
     states = {name: value.detach() for name, value in batch.states.items()}
     y, features, _ = policy.memory(batch.obs, batch.prev_actions, batch.prev_rewards, states, batch.resets)
     dist, values = policy.action_head(y), policy.critic(y).squeeze(-1)
-    recall_loss = policy.recall.loss(y, features, batch.resets, generator)
+    recall_loss = policy.recall.loss(y, features, batch.resets, recall_pairs, generator)
     return dist.log_prob(batch.actions), dist.entropy(), values, recall_loss
 
 
@@ -147,7 +147,9 @@ def ppo_update(
             batch = sequences.rows(order[start : start + minibatch_size])
 
             # 1. Re-run the core over whole sequences from their stored initial states.
-            log_probs, entropy, values, recall_loss = replay(policy, batch, generator if cfg.recall_coef else None)
+            log_probs, entropy, values, recall_loss = replay(
+                policy, batch, cfg.recall_pairs, generator if cfg.recall_coef else None
+            )
 
             # 2. Probability ratio of the new policy to the acting one, and how far it moved.
             log_ratio = log_probs - batch.log_probs

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 RECALL_DIM = 64
 TEMPERATURE = 0.1
-RECALL_PAIRS = 32  # (t', t) pairs per minibatch
 
 
 class EpisodicRecall(nn.Module):
@@ -35,8 +34,7 @@ class EpisodicRecall(nn.Module):
         self.key = nn.Linear(feature_dim, RECALL_DIM)
 
     def loss(
-        self, y: Tensor, features: Tensor, resets: Tensor, generator: torch.Generator | None,
-        num_pairs: int = RECALL_PAIRS,
+        self, y: Tensor, features: Tensor, resets: Tensor, num_pairs: int, generator: torch.Generator | None
     ) -> Tensor:
         """Mean InfoNCE over `num_pairs` (t', t) pairs, t' < t, drawn with `generator`.
 

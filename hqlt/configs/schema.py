@@ -84,6 +84,8 @@ class PPOConfig:
     # Weight of the episodic recall objective (hqlt/agents/recall.py): the memory learns to keep what
     # told its episode apart from the others, before the policy acts on it; 0 turns it off.
     recall_coef: float = 0.1
+    # (t', t) pairs of that objective per minibatch: each costs a [B, B] logit matrix, so many are cheap.
+    recall_pairs: int = 32
     # Least entropy of each step's action distribution, as a fraction of the uniform one's (discrete
     # actions): below it a penalty holds the policy, so that a state the rest of the policy's
     # determinism generalised to (a T-Maze junction) still tries its other actions; 0 turns it off.
@@ -129,8 +131,9 @@ class ImpalaConfig:
     normalize_values: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
-    # PPO's episodic recall objective and entropy floor (PPOConfig.recall_coef, .min_entropy).
+    # PPO's episodic recall objective and entropy floor (PPOConfig.recall_coef, .recall_pairs, .min_entropy).
     recall_coef: float = 0.1
+    recall_pairs: int = 32
     min_entropy: float = 0.01
     max_grad_norm: float = 0.5
     encoder_dim: int = 64
@@ -204,8 +207,9 @@ class DQNConfig(ReplayConfig):
     # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
     temperature: float = 0.4
     temperature_alpha: float = 7.0
-    # PPO's episodic recall objective (PPOConfig.recall_coef) on the replayed sequences; 0 turns it off.
+    # PPO's episodic recall objective (PPOConfig.recall_coef, .recall_pairs) on the replayed sequences; 0 turns it off.
     recall_coef: float = 0.1
+    recall_pairs: int = 32
     # Clip of the gradient norm; the TD loss is in units of the value statistics' std (PopArt).
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
@@ -393,17 +397,18 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
         own = [*replay, ("n_step", ">= 1"), ("temperature", "in (0, 1]"), ("temperature_alpha", ">= 0"),
-               ("recall_coef", ">= 0")]
+               ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
-               ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"),
-               *coefficients]
+               ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
+               ("min_entropy", "in [0, 1]"), *coefficients]
         if agent.target_kl is not None:
             own.append(("target_kl", "> 0"))
     else:
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"), ("rho_bar", "> 0"),
-               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("min_entropy", "in [0, 1]"), *coefficients]
+               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"),
+               *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
