@@ -236,6 +236,7 @@ def impala_update(
         "recall_loss": recall_loss.item(),
         "grad_norm": grad_norm.item(),
         "rho_clip_fraction": (log_rhos.exp() > cfg.rho_bar).float().mean().item(),
+        "approx_kl": ((log_rhos.exp() - 1) - log_rhos).mean().item(),
         "explained_variance": explained_variance(values.detach().flatten(), vs.flatten()),
     }
     ranks = distributed.all_gather_objects(summary)

@@ -42,8 +42,12 @@ UPDATE_TAGS = {
 IMPALA_UPDATE_TAGS = {
     **{name: UPDATE_TAGS[name] for name in ("loss", "policy_loss", "value_loss", "entropy", "recall_loss",
                                             "explained_variance", "grad_norm")},
-    # fraction of the steps whose importance ratio pi/mu was clipped at rho_bar: how off-policy the batch was
+    # fraction of the steps whose importance ratio pi/mu was clipped at rho_bar (at rho_bar = 1, about half
+    # of them as soon as the policy moved at all)
     "rho_clip_fraction": "train/rho_clip_fraction",
+    # KL(mu || pi) of the behaviour policy mu to the learner's pi on the batch (PPO's estimator): how far
+    # off-policy the batch was
+    "approx_kl": UPDATE_TAGS["approx_kl"],
 }
 # IMPALA's collection, once per update: the mean policy lag (in updates) of the segments trained on,
 # the segments dropped so far for a lag above agent.max_policy_lag, the env steps per second that the
