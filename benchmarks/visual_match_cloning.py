@@ -2,7 +2,7 @@
 
     python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|episodic|cue] [--updates 3000]
         [--distractor-steps 0] [--episodes 64] [--seed 0] [--recall-pairs 32] [--max-grad-norm NORM]
-        [--option KEY=VALUE ...]
+        [--log-interval 100] [--option KEY=VALUE ...]
 
 The scripted teacher acts only on what a remembering agent can know: in the reward room it walks up
 until the middle door is in view, goes to it if it has the cue's colour, else steps left until the
@@ -16,8 +16,8 @@ the memory a direct reason to keep the past, the cue included; `episodic` adds t
 recall objective (hqlt/agents/recall.py: tell its own episode's earlier observation among the batch's);
 `cue` (a diagnostic with privileged
 labels) adds a linear readout of the cue's colour from the core's output at every reward-room step,
-which tells whether the plateau is about holding the cue or about acting on it. Prints, every 100 updates, the cloning
-loss per reward-room step, and every 500 updates the greedy success of the student on 64 episodes.
+which tells whether the plateau is about holding the cue or about acting on it. Prints, every --log-interval updates, the cloning
+loss per reward-room step (and the episodic variant's recall loss; chance: ln of --episodes), and every 500 updates the greedy success of the student on 64 episodes.
 """
 
 from __future__ import annotations
@@ -134,12 +134,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recall-pairs", type=int, default=PPOConfig.recall_pairs, help="(t', t) pairs of the episodic variant")
+    parser.add_argument("--log-interval", type=int, default=100, help="updates between printed losses")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
-    if args.recall_pairs < 1 or (args.max_grad_norm is not None and args.max_grad_norm <= 0):
-        parser.error("--recall-pairs must be >= 1 and --max-grad-norm > 0")
+    if args.recall_pairs < 1 or args.log_interval < 1 or (args.max_grad_norm is not None and args.max_grad_norm <= 0):
+        parser.error("--recall-pairs and --log-interval must be >= 1, --max-grad-norm > 0")
     options = {key: yaml.safe_load(value) for key, value in (option.split("=", 1) for option in args.option)}
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -154,7 +155,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
-    start, losses = time.time(), []
+    start, losses, recall_losses = time.time(), [], []
     for update in range(1, args.updates + 1):
         batch = episodes(env, args.episodes, length, rng)
         resets = torch.zeros_like(batch["valid"])
@@ -167,7 +168,9 @@ def main() -> None:
         if args.variant == "recall":
             loss = loss + recall_loss(readout, y, batch["obs"], batch["valid"])
         elif args.variant == "episodic":
-            loss = loss + policy.recall.loss(y, features, ~batch["valid"] | resets, args.recall_pairs, generator)
+            recall = policy.recall.loss(y, features, ~batch["valid"] | resets, args.recall_pairs, generator)
+            recall_losses.append(recall.item())
+            loss = loss + recall
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)
@@ -176,12 +179,14 @@ def main() -> None:
         if args.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
-        if update % 100 == 0:
+        if update % args.log_interval == 0:
             line = f"{args.core} {options or ''} {args.variant} update {update}: cloning loss {np.mean(losses):.4f}"
+            if recall_losses:  # chance: ln(episodes)
+                line += f", recall loss {np.mean(recall_losses):.3f}"
             if update % 500 == 0:
                 line += f", greedy success {greedy_success(policy, env, 64, seed=10**6):.3f}"
             print(f"{line} ({time.time() - start:.0f} s)", flush=True)
-            losses = []
+            losses, recall_losses = [], []
 
 
 if __name__ == "__main__":
