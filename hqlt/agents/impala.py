@@ -228,6 +228,7 @@ def impala_update(
     if cfg.normalize_values:
         policy.value_layer.update(vs)
 
+    rhos = log_rhos.exp()
     summary = {
         "loss": loss.item(),
         "policy_loss": policy_loss.item(),
@@ -235,8 +236,8 @@ def impala_update(
         "entropy": entropy_mean.item(),
         "recall_loss": recall_loss.item(),
         "grad_norm": grad_norm.item(),
-        "rho_clip_fraction": (log_rhos.exp() > cfg.rho_bar).float().mean().item(),
-        "approx_kl": ((log_rhos.exp() - 1) - log_rhos).mean().item(),
+        "rho_clip_fraction": (rhos > cfg.rho_bar).float().mean().item(),
+        "approx_kl": ((rhos - 1) - log_rhos).mean().item(),
         "explained_variance": explained_variance(values.detach().flatten(), vs.flatten()),
     }
     ranks = distributed.all_gather_objects(summary)
