@@ -46,3 +46,20 @@ def test_pairs_across_an_episode_end_do_not_count():
     loss = recall.loss(y, features, every_step_starts_an_episode, 8, torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.item() == 0.0 and y.grad.abs().max() == 0.0
+
+
+def test_a_memory_that_keeps_its_episode_s_first_observation_is_told_apart_at_any_distance():
+    """Every observation is new, so a uniform earlier step is at chance whatever the memory keeps; the
+    pair with the episode's first step (mid-sequence too) is recalled by a memory that keeps that step."""
+    generator = torch.Generator().manual_seed(2)
+    steps = 48
+    features = torch.randn(BATCH, steps, FEATURES, generator=generator)
+    resets = torch.zeros(BATCH, steps, dtype=torch.bool)
+    resets[:, 0] = True
+    resets[: BATCH // 2, 20] = True
+    start = torch.where(resets, torch.arange(steps), -1).cummax(dim=1).values
+    keeps_the_first = features[torch.arange(BATCH)[:, None], start]
+    keeps_the_last = features
+    uniform_at_chance = math.log(BATCH) / 2
+    assert train_recall(keeps_the_first, features, resets) < uniform_at_chance + 0.2
+    assert train_recall(keeps_the_last, features, resets) > 0.8 * math.log(BATCH)

@@ -10,9 +10,14 @@ step) was its own episode's (InfoNCE, van den Oord et al. 2018):
     logits[b, b'] = <W_q y[b, t], W_k f[b', t']> / TEMPERATURE,   loss = cross_entropy(logits, b)
 
 y: the core's output, f: the encoder's features. Only what differs between episodes at t' helps,
-so the memory learns to keep exactly that (the cue's colour, not the room around it). Anchors t and
-the steps t' < t of the same episode are drawn at random, the same pair for every row; rows whose
-episode began after t' do not count.
+so the memory learns to keep exactly that (the cue's colour, not the room around it). Each anchor t
+is drawn at random and pairs with two earlier steps t' < t of its episode: one drawn at random, the
+same for every row, and the episode's first step, each row its own. The first step is where an
+episode's draw of its hidden state is seen (T-Maze's cue, Visual Match's colour, RepeatFirst's
+symbol), and a uniform t' lands there too rarely once episodes are long: on Visual Match 750, 5 of
+some 780 steps, and the uniform pairs alone stayed at chance (benchmarks/RESULTS.md). A row does
+not count where its episode began after t', nor in a start pair where its episode began before the
+sequence (its start is not in it).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class EpisodicRecall(nn.Module):
     def loss(
         self, y: Tensor, features: Tensor, resets: Tensor, num_pairs: int, generator: torch.Generator | None
     ) -> Tensor:
-        """Mean InfoNCE over `num_pairs` (t', t) pairs, t' < t, drawn with `generator`.
+        """Mean InfoNCE over `num_pairs` anchors t, each paired with a random t' < t and with its episode's start.
 
         y `[B, T, hidden_dim]`, features `[B, T, feature_dim]`, resets bool `[B, T]` (true where an
         episode starts). Returns a scalar; 0 where no row has a pair inside one episode, and without
@@ -46,13 +51,17 @@ class EpisodicRecall(nn.Module):
         if generator is None or steps < 2 or batch < 2:
             return y.new_zeros(())
         later = torch.randint(1, steps, (num_pairs,), generator=generator).to(y.device)
-        earlier = (torch.rand(num_pairs, generator=generator).to(y.device) * later).long()  # in [0, later)
-        queries = F.normalize(self.query(y[:, later]), dim=-1)  # [B, P, d]
-        keys = F.normalize(self.key(features[:, earlier]), dim=-1)  # [B, P, d]
-        logits = torch.einsum("bpd,cpd->pbc", queries, keys) / TEMPERATURE  # [P, B, B']
-        # a row counts where no episode starts in (earlier, later]
-        episode_starts = resets.long().cumsum(dim=1)  # [B, T]
-        same_episode = (episode_starts[:, later] == episode_starts[:, earlier]).T  # [P, B]
-        labels = torch.arange(batch, device=y.device).expand(num_pairs, batch)
-        losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(num_pairs, batch)
+        uniform = (torch.rand(num_pairs, generator=generator).to(y.device) * later).long()  # in [0, later)
+        step = torch.arange(steps, device=y.device)
+        episode_start = torch.where(resets, step, -1).cummax(dim=1).values  # [B, T]: -1 before the first start
+        earlier = torch.cat([uniform[:, None].expand(num_pairs, batch), episode_start[:, later].T])  # [2P, B]
+        later = later.repeat(2)  # [2P]
+        # a row counts where its episode began at or before t' and has not ended by t
+        same_episode = (episode_start[:, later].T <= earlier) & (earlier >= 0) & (earlier < later[:, None])
+        queries = F.normalize(self.query(y[:, later]), dim=-1)  # [B, 2P, d]
+        rows = torch.arange(batch, device=y.device)
+        keys = F.normalize(self.key(features[rows, earlier.clamp(min=0)]), dim=-1)  # [2P, B, d]
+        logits = torch.einsum("bpd,pcd->pbc", queries, keys) / TEMPERATURE  # [2P, B, B']
+        labels = rows.expand(len(later), batch)
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(len(later), batch)
         return (losses * same_episode).sum() / same_episode.sum().clamp(min=1)
