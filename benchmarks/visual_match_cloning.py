@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--distractor-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recall-pairs", type=int, default=PPOConfig.recall_pairs, help="(t', t) pairs of the episodic variant")
+    parser.add_argument("--recall-pairs", type=int, default=PPOConfig.recall_pairs, help="anchor steps of the episodic variant")
     parser.add_argument("--log-interval", type=int, default=100, help="updates between printed losses")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -84,7 +84,8 @@ class PPOConfig:
     # Weight of the episodic recall objective (hqlt/agents/recall.py): the memory learns to keep what
     # told its episode apart from the others, before the policy acts on it; 0 turns it off.
     recall_coef: float = 0.1
-    # (t', t) pairs of that objective per minibatch: each costs a [B, B] logit matrix, so many are cheap.
+    # Anchor steps t of that objective per minibatch, each paired with a random earlier step and with its
+    # episode's first step: each pair costs a [B, B] logit matrix, so many are cheap.
     recall_pairs: int = 32
     # Least entropy of each step's action distribution, as a fraction of the uniform one's (discrete
     # actions): below it a penalty holds the policy, so that a state the rest of the policy's
