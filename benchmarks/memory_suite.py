@@ -101,9 +101,11 @@ SUITES = {
                                  "agent.learning_starts=200000", "agent.updates_per_collect=64"],
             "tmaze_passive_100": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
                                   "agent.rollout_length=101", *DQN_SIZES, "agent.updates_per_collect=32"],
-            "tmaze_passive_1000": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=128",
-                                   "agent.rollout_length=1001", "agent.batch_size=16", "agent.replay_size=512",
-                                   "agent.learning_starts=200000", "agent.updates_per_collect=32"],
+            # the sizes with which hqlt learned T-Maze 200 on the CPU (RESULTS, "the episodic recall objective with
+            # the episode's first step"); the third probe's (128 envs, batch 16) had not walked 1000 in 5M steps
+            "tmaze_passive_1000": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=1000", "agent.num_envs=64",
+                                   "agent.rollout_length=1001", "agent.batch_size=32", "agent.replay_size=1024",
+                                   "agent.learning_rate=1e-3", "agent.learning_starts=10000", "agent.updates_per_collect=16"],
         },
         "cores": {**PRESET_CORES, "transformer": PAPER_CORES["transformer"]},
     },
