@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hqlt.agents import DqnTrainer, Policy, QPolicy, dqn_update, metrics, n_step_targets, train
+from hqlt.agents import DqnTrainer, Policy, QPolicy, dqn_update, lambda_targets, metrics, n_step_targets, train
 from hqlt.agents.checkpoint import load_checkpoint
 from hqlt.configs import ConfigError, compose
 
@@ -50,6 +50,30 @@ def n_step_loop(rewards, terminated, truncated, next_values, gamma, n):
                     break
             targets[b, t] = total
     return targets, kept
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.9, 1.0])
+def test_lambda_targets_are_the_lambda_weighted_n_step_targets(lam):
+    """Forward view: G_t = (1 - lam) sum_{n < L} lam^(n-1) y^(n)_t + lam^(L-1) y^(L)_t, the n-step targets
+    y^(n) stopping at episode ends; and a truncated step is not kept while the step before it
+    bootstraps from the truncated step's own value."""
+    torch.manual_seed(0)
+    length = 7
+    rewards, next_values = torch.randn(3, length), torch.randn(3, length)
+    terminated = torch.zeros(3, length, dtype=torch.bool)
+    terminated[0, 2] = terminated[1, 6] = True
+    no_truncations = torch.zeros_like(terminated)
+    targets, kept = lambda_targets(rewards, terminated, no_truncations, next_values, 0.9, lam)
+    n_step = [n_step_loop(rewards, terminated, no_truncations, next_values, 0.9, n)[0] for n in range(1, length + 1)]
+    expected = sum((1 - lam) * lam ** (n - 1) * n_step[n - 1] for n in range(1, length)) + lam ** (length - 1) * n_step[-1]
+    torch.testing.assert_close(targets, expected)
+    assert kept.all()
+
+    truncated = torch.zeros_like(terminated)
+    truncated[2, 3] = True
+    targets, kept = lambda_targets(rewards, terminated, truncated, next_values, 0.9, lam)
+    assert kept.sum() == kept.numel() - 1 and not kept[2, 3]
+    torch.testing.assert_close(targets[2, 2], rewards[2, 2] + 0.9 * next_values[2, 2])
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])
@@ -171,6 +195,7 @@ def test_the_recall_objective_trains_the_memory_only_when_weighed(tmp_path, reca
 
 @pytest.mark.parametrize("override, message", [
     ("agent.n_step=0", "agent.n_step must be >= 1, got 0"),
+    ("agent.q_lambda=1.5", r"agent.q_lambda must be in \[0, 1\], got 1.5"),
     ("agent.temperature=0", r"agent.temperature must be in \(0, 1\], got 0"),
     ("agent.temperature_alpha=-1", "agent.temperature_alpha must be >= 0, got -1"),
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),

@@ -6,7 +6,7 @@ SAC-Discrete and DQN.
     summary = train(compose(["memory=lstm"]))
 """
 
-from hqlt.agents.dqn import DqnTrainer, dqn_update, n_step_targets
+from hqlt.agents.dqn import DqnTrainer, dqn_update, lambda_targets, n_step_targets
 from hqlt.agents.policy import Policy, QPolicy
 from hqlt.agents.ppo import NonFiniteLossError, compute_gae, ppo_update, replay
 from hqlt.agents.rollout import Collector, Rollout, SequenceBatch, training_sequences
@@ -28,6 +28,7 @@ __all__ = [
     "compute_gae",
     "dqn_update",
     "evaluate",
+    "lambda_targets",
     "n_step_targets",
     "ppo_update",
     "replay",

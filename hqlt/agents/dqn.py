@@ -21,6 +21,7 @@ is a copy of it. The math, per step t of a sequence of L (actions a of the Discr
     b(t + 1)   = Qbar(t + 1, argmax_a Q(t + 1, a))          (double Q-learning)        [B, L]
     y_t        = sum_{k < m} gamma^k r_{t+k} + gamma^m b(t + m) [no episode end before t + m]
                  with m = min(n_step, steps to the sequence's end), stopped early at an episode's end
+                 (with agent.q_lambda > 0: Peng's Q(lambda) over the sequence instead, `lambda_targets`)
     loss       = mean over the steps kept of 1/2 ((Q(t, a_t) - y_t) / std)^2   (std: PopArt's)
                  + recall_coef x the episodic recall objective over the L steps (hqlt/agents/recall.py)
     Qbar <- tau Q + (1 - tau) Qbar;  the value statistics of both move towards the targets' moments
@@ -75,6 +76,26 @@ def n_step_targets(
     return targets, kept
 
 
+def lambda_targets(
+    rewards: Tensor, terminated: Tensor, truncated: Tensor, next_values: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Peng's Q(lambda) targets over the whole sequence and whether each is kept, both `[B, L]`:
+
+        G_t = r_t + gamma [(1 - lam) b(t + 1) + lam G_{t+1}]   (no bootstrap after a termination)
+
+    with G_{t+1} replaced by b(t + 1) at the sequence's last step and where step t + 1 is a truncation
+    (its successor is unknown: not kept). Inputs as `n_step_targets`. A value reaches the start of a
+    1000-step corridor in one target, where n-step targets need a chain of 1000 / n target updates.
+    """
+    targets = torch.empty_like(rewards)
+    next_return, next_kept = next_values[:, -1], torch.zeros_like(terminated[:, -1])
+    for t in reversed(range(rewards.shape[1])):
+        carried = torch.where(next_kept, lam * next_return + (1 - lam) * next_values[:, t], next_values[:, t])
+        targets[:, t] = rewards[:, t] + gamma * ~terminated[:, t] * carried
+        next_return, next_kept = targets[:, t], ~(truncated[:, t] & ~terminated[:, t])
+    return targets, ~(truncated & ~terminated)
+
+
 def dqn_update(
     policy: QPolicy, optimizer: torch.optim.Optimizer, target: QPolicy, batch: ReplaySequences, cfg: DQNConfig,
     generator: torch.Generator,
@@ -96,11 +117,15 @@ def dqn_update(
                                                  resets)[0])
 
         # 2. Double Q-learning: the online network picks the next action, the target network values it;
-        # n-step targets from those values.
+        # n-step (or, with q_lambda > 0, Peng's Q(lambda)) targets from those values.
         greedy_next = q[:, 1:].argmax(-1, keepdim=True)
         next_values = target_q[:, 1:].gather(-1, greedy_next)[..., 0]  # [B, L]
-        targets, kept = n_step_targets(batch.rewards, batch.terminated, batch.truncated, next_values, cfg.gamma,
-                                       cfg.n_step)
+        if cfg.q_lambda > 0:
+            targets, kept = lambda_targets(batch.rewards, batch.terminated, batch.truncated, next_values, cfg.gamma,
+                                           cfg.q_lambda)
+        else:
+            targets, kept = n_step_targets(batch.rewards, batch.terminated, batch.truncated, next_values, cfg.gamma,
+                                           cfg.n_step)
 
     # 3. The TD loss at the actions taken, in units of the value statistics' std, and the episodic recall
     # objective over the L steps.
@@ -159,6 +184,6 @@ class DqnTrainer(ReplayTrainer):
     def _agent_hparams(self) -> dict[str, Any]:
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
-                 "learning_starts", "gamma", "n_step", "tau", "temperature", "temperature_alpha", "recall_coef",
+                 "learning_starts", "gamma", "n_step", "q_lambda", "tau", "temperature", "temperature_alpha", "recall_coef",
                  "recall_pairs")
         return {name: getattr(agent, name) for name in names}

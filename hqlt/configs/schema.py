@@ -204,6 +204,9 @@ class DQNConfig(ReplayConfig):
     name: str = "dqn"
     # Rewards summed before the target bootstraps (R2D2's 5): values travel n steps back per target update.
     n_step: int = 5
+    # Lambda of Peng's Q(lambda) targets over the whole replayed sequence (hqlt.agents.dqn.lambda_targets), in
+    # place of n-step ones when > 0: a value crosses a long corridor in one target, not in a chain of them.
+    q_lambda: float = 0.0
     # Exploration (hqlt.agents.policy.QPolicy): env i of N samples from softmax(Q / (std x tau_i)), std the value
     # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
     temperature: float = 0.4
@@ -397,8 +400,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     if isinstance(agent, SACConfig):
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
-        own = [*replay, ("n_step", ">= 1"), ("temperature", "in (0, 1]"), ("temperature_alpha", ">= 0"),
-               ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
+        own = [*replay, ("n_step", ">= 1"), ("q_lambda", "in [0, 1]"), ("temperature", "in (0, 1]"),
+               ("temperature_alpha", ">= 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
