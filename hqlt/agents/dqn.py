@@ -88,12 +88,14 @@ def lambda_targets(
     1000-step corridor in one target, where n-step targets need a chain of 1000 / n target updates.
     """
     targets = torch.empty_like(rewards)
-    next_return, next_kept = next_values[:, -1], torch.zeros_like(terminated[:, -1])
-    for t in reversed(range(rewards.shape[1])):
-        carried = torch.where(next_kept, lam * next_return + (1 - lam) * next_values[:, t], next_values[:, t])
+    kept = ~(truncated & ~terminated)
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        carried = next_values[:, t]
+        if t + 1 < length:
+            carried = torch.where(kept[:, t + 1], lam * targets[:, t + 1] + (1 - lam) * carried, carried)
         targets[:, t] = rewards[:, t] + gamma * ~terminated[:, t] * carried
-        next_return, next_kept = targets[:, t], ~(truncated[:, t] & ~terminated[:, t])
-    return targets, ~(truncated & ~terminated)
+    return targets, kept
 
 
 def dqn_update(

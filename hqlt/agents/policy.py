@@ -35,6 +35,7 @@ from hqlt.agents.recall import EpisodicRecall
 from hqlt.configs.schema import ConfigError, DQNConfig, TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
+from hqlt.memory.segment import last_reset
 
 EPISODE_TIME = "episode_time"
 TIME_SCALE = 7.0  # about log1p(1000): the feature is about 1 a thousand steps into an episode
@@ -44,8 +45,8 @@ def episode_times(carried: Tensor, resets: Tensor) -> Tensor:
     """Steps since the episode began, float `[B, T]`: 0 where `resets`; `carried` `[B]` is the time of
     step 0 had it no reset (the state's EPISODE_TIME)."""
     steps = torch.arange(resets.shape[1], device=resets.device)
-    last_reset = torch.where(resets, steps, -1).cummax(dim=1).values
-    return torch.where(last_reset >= 0, steps - last_reset, carried[:, None] + steps).float()
+    start = last_reset(resets)
+    return torch.where(start >= 0, steps - start, carried[:, None] + steps).float()
 
 
 class Policy(nn.Module):

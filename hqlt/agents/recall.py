@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hqlt.memory.segment import last_reset
+
 RECALL_DIM = 64
 TEMPERATURE = 0.1
 
@@ -52,12 +54,11 @@ class EpisodicRecall(nn.Module):
             return y.new_zeros(())
         later = torch.randint(1, steps, (num_pairs,), generator=generator).to(y.device)
         uniform = (torch.rand(num_pairs, generator=generator).to(y.device) * later).long()  # in [0, later)
-        step = torch.arange(steps, device=y.device)
-        episode_start = torch.where(resets, step, -1).cummax(dim=1).values  # [B, T]: -1 before the first start
-        earlier = torch.cat([uniform[:, None].expand(num_pairs, batch), episode_start[:, later].T])  # [2P, B]
+        anchor_start = last_reset(resets)[:, later].T  # [P, B]: the anchor's episode start, -1 before the sequence
+        earlier = torch.cat([uniform[:, None].expand(num_pairs, batch), anchor_start])  # [2P, B]
         later = later.repeat(2)  # [2P]
-        # a row counts where its episode began at or before t' and has not ended by t
-        same_episode = (episode_start[:, later].T <= earlier) & (earlier >= 0) & (earlier < later[:, None])
+        # a row counts where its episode began at or before t' (inside the sequence for a start pair)
+        same_episode = (anchor_start.repeat(2, 1) <= earlier) & (earlier >= 0) & (earlier < later[:, None])
         queries = F.normalize(self.query(y[:, later]), dim=-1)  # [B, 2P, d]
         rows = torch.arange(batch, device=y.device)
         keys = F.normalize(self.key(features[rows, earlier.clamp(min=0)]), dim=-1)  # [2P, B, d]

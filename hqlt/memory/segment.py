@@ -146,12 +146,19 @@ def build_segment(state: dict[str, Tensor], resets: Tensor, window: int, blend: 
     )
 
 
+def last_reset(resets: Tensor) -> Tensor:
+    """Index of the last step at or before each step where `resets` (bool `[B, T]`) is true, int64 `[B, T]`;
+    -1 before a row's first reset."""
+    time = torch.arange(resets.shape[1], device=resets.device)
+    return torch.cummax(torch.where(resets, time, -1), dim=1).values
+
+
 def _position_in_chunk(chunk_step: Tensor, resets: Tensor, window: int) -> Tensor:
     """Step of each new token within its chunk `[B, T]`: counted from the last reset in the call, or on
     from the carried counter `chunk_step [B]` where the call has no reset yet."""
     time = torch.arange(resets.shape[1], device=resets.device)
-    last_reset = torch.cummax(torch.where(resets, time, -1), dim=1).values
-    return torch.where(last_reset >= 0, time - last_reset, chunk_step[:, None] + time) % window
+    start = last_reset(resets)
+    return torch.where(start >= 0, time - start, chunk_step[:, None] + time) % window
 
 
 def _chunk_schedule(alive_cache: Tensor, chunk_step: Tensor, chunk_starts: Tensor, resets: Tensor, window: int) -> ChunkSchedule:
