@@ -118,6 +118,17 @@ def test_acting_is_boltzmann_in_units_of_the_value_std_and_greedy_is_argmax(tmp_
     torch.testing.assert_close(values, q.max(-1).values)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_fresh_q_network_values_every_state_near_zero(tmp_path, seed):
+    """Q starts near 0 (the statistics' mean) whatever the core's output: every Q-value bootstraps from
+    the next one, so initial values that differ by state would be copied along an episode. Core outputs
+    of unit scale, as hqlt's are: with the critic's unit gain V spreads over about +-1 here."""
+    torch.manual_seed(seed)
+    policy = DqnTrainer(tiny_config(tmp_path, f"seed={seed}")).policy
+    q = policy.q_values(torch.randn(64, policy.core.hidden_dim) * 3)
+    assert q.abs().max() < 0.1
+
+
 def test_value_statistics_keep_the_q_values(tmp_path):
     """PopArt for the dueling head: after the statistics move (the value layer and the advantages'
     output layer rescaled), every Q-value is what it was."""

@@ -207,6 +207,11 @@ class QPolicy(Policy):
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
         super().__init__(observation_space, action_space, core, head_dim)
+        # V starts near 0 at every state, as the advantages start near 0: every Q-value bootstraps from
+        # the one next to it, so an initial V that varies by state (about +-1 with the critic's usual
+        # unit gain, more than a whole episode's penalties on T-Maze) is copied along the corridor and
+        # drowns the penalties of 1/L per step that tell its actions apart (benchmarks/RESULTS.md).
+        nn.init.orthogonal_(self.value_layer.weight, 0.01)
         self.temperature, self.temperature_alpha = temperature, temperature_alpha
 
     def temperatures(self, num_rows: int, device: torch.device) -> Tensor:
