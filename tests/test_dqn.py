@@ -92,17 +92,19 @@ def test_n_step_targets_match_a_per_step_loop(n):
 
 
 
-def test_temperatures_spread_from_temperature_down_to_its_power():
+def test_temperatures_and_epsilons_spread_from_their_value_down_to_its_power():
     policy = QPolicy.__new__(QPolicy)  # only the exploration settings are read
-    policy.temperature, policy.temperature_alpha = 0.4, 7.0
-    temperatures = policy.temperatures(5, torch.device("cpu"))
+    policy.temperature, policy.temperature_alpha, policy.epsilon = 0.4, 7.0, 0.1
+    temperatures, epsilons = policy.exploration(5, torch.device("cpu"))
     torch.testing.assert_close(temperatures, torch.tensor([0.4 ** (1 + 7 * i / 4) for i in range(5)]))
-    torch.testing.assert_close(policy.temperatures(1, torch.device("cpu")), torch.tensor([0.4]))
+    torch.testing.assert_close(epsilons, torch.tensor([0.1 ** (1 + 7 * i / 4) for i in range(5)]))
+    torch.testing.assert_close(policy.exploration(1, torch.device("cpu")), (torch.tensor([0.4]), torch.tensor([0.1])))
 
 
-def test_acting_is_boltzmann_in_units_of_the_value_std_and_greedy_is_argmax(tmp_path):
-    """Row b samples from softmax(Q / (std * tau_b)); the mode is argmax Q."""
-    trainer = DqnTrainer(tiny_config(tmp_path))
+@pytest.mark.parametrize("epsilon", [0.0, 0.4])
+def test_acting_mixes_boltzmann_in_units_of_the_value_std_with_epsilon_and_greedy_is_argmax(tmp_path, epsilon):
+    """Row b samples from (1 - eps_b) softmax(Q / (std * tau_b)) + eps_b / num_actions; the mode is argmax Q."""
+    trainer = DqnTrainer(tiny_config(tmp_path, f"agent.epsilon={epsilon}"))
     policy = trainer.policy
     policy.update_value_statistics(torch.tensor([0.0, 6.0]))  # std 3
     inputs = (trainer.collector.obs[:, None], trainer.collector.prev_action[:, None],
@@ -111,9 +113,11 @@ def test_acting_is_boltzmann_in_units_of_the_value_std_and_greedy_is_argmax(tmp_
     with torch.no_grad():
         dist, values, _ = policy(*inputs, state, resets)
         q = policy.q_values(policy.memory(*inputs, state, resets)[0])
-    temperatures = policy.temperatures(NUM_ENVS, torch.device("cpu"))
-    expected = (q / (3.0 * temperatures[:, None, None])).log_softmax(-1)
-    torch.testing.assert_close(dist.log_probs[0], expected, rtol=1e-4, atol=1e-4)  # logits up to ~1e3
+    temperatures, epsilons = policy.exploration(NUM_ENVS, torch.device("cpu"))
+    boltzmann = (q / (3.0 * temperatures[:, None, None])).softmax(-1)
+    expected = (1 - epsilons[:, None, None]) * boltzmann + epsilons[:, None, None] / q.shape[-1]
+    torch.testing.assert_close(dist.log_probs[0].exp(), expected, rtol=1e-4, atol=1e-6)
+    assert bool((dist.log_probs[0].exp() >= epsilons[:, None, None] / q.shape[-1] * (1 - 1e-5)).all())
     torch.testing.assert_close(dist.mode()[..., 0], q.argmax(-1))
     torch.testing.assert_close(values, q.max(-1).values)
 
@@ -209,6 +213,7 @@ def test_the_recall_objective_trains_the_memory_only_when_weighed(tmp_path, reca
     ("agent.q_lambda=1.5", r"agent.q_lambda must be in \[0, 1\], got 1.5"),
     ("agent.temperature=0", r"agent.temperature must be in \(0, 1\], got 0"),
     ("agent.temperature_alpha=-1", "agent.temperature_alpha must be >= 0, got -1"),
+    ("agent.epsilon=1", r"agent.epsilon must be in \[0, 1\), got 1"),
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
     ("agent.recall_pairs=0", "agent.recall_pairs must be >= 1, got 0"),
     ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),

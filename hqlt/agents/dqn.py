@@ -1,5 +1,5 @@
 """Recurrent DQN in the style of R2D2 (Kapturowski et al. 2019): a Q-network acts (Boltzmann exploration
-with per-env temperatures), its rollouts are replayed as whole sequences through the recurrent core,
+mixed with epsilon-greedy, per-env temperatures and epsilons), its rollouts are replayed as whole sequences through the recurrent core,
 and double Q-learning moves it towards n-step targets of a Polyak-averaged target network.
 
     python train_rl.py agent=dqn [agent.updates_per_collect=8] [agent.n_step=5] ...
@@ -11,7 +11,8 @@ door) comes once per episode, after hundreds of steps that make the policy nearl
 policy gradient raises a rarely tried action's probability a little per update (PPO's clip: 20%),
 while the corridor's updates push it back (benchmarks/RESULTS.md, the T-Maze junction). Here one tried
 turn moves Q(junction, turn), and the greedy action follows Q as soon as it leads; exploration is a
-temperature per env in units of the values' std (QPolicy), whatever the rewards' scale.
+temperature per env in units of the values' std (QPolicy), whatever the rewards' scale, and an epsilon
+per env for the actions whose values are generalised far below the greedy one.
 
 The network is the run's `QPolicy` (a Policy with a dueling head in PopArt units); the target network
 is a copy of it. The math, per step t of a sequence of L (actions a of the Discrete space A):
@@ -186,6 +187,6 @@ class DqnTrainer(ReplayTrainer):
     def _agent_hparams(self) -> dict[str, Any]:
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
-                 "learning_starts", "gamma", "n_step", "q_lambda", "tau", "temperature", "temperature_alpha", "recall_coef",
-                 "recall_pairs")
+                 "learning_starts", "gamma", "n_step", "q_lambda", "tau", "temperature", "temperature_alpha", "epsilon",
+                 "recall_coef", "recall_pairs")
         return {name: getattr(agent, name) for name in names}

@@ -179,7 +179,8 @@ class Policy(nn.Module):
 
 
 class QPolicy(Policy):
-    """A recurrent Q-network that explores by Boltzmann exploration (agent=dqn, hqlt.agents.dqn): Policy's
+    """A recurrent Q-network that explores by Boltzmann exploration mixed with epsilon-greedy (agent=dqn,
+    hqlt.agents.dqn): Policy's
     encoder, inputs and core, with a dueling head (Wang et al. 2016) made of Policy's two heads, the critic
     as the state value V (reward units, PopArt) and the action head's outputs as the advantages A (in
     units of the value statistics' std):
@@ -189,20 +190,24 @@ class QPolicy(Policy):
     so that the Q-values of every reward scale are learned in normalised units. The action head's small
     output gain starts every action's Q at V: which action is greedy is decided by what is learned.
 
-    Acting, row i of the N envs samples its action from softmax(Q / (std * tau_i)), with temperatures
-    tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads its epsilons
-    (Horgan et al. 2018; 0.4 to 0.4 ** 8 = 0.0007 with the defaults). Unlike epsilon-greedy, this explores
+    Acting, row i of the N envs samples its action from
+
+        (1 - eps_i) softmax(Q / (std * tau_i)) + eps_i / num_actions
+
+    with temperatures tau_i = temperature ** (1 + temperature_alpha * position_i) and epsilons eps_i =
+    epsilon ** (1 + temperature_alpha * position_i), position_i = i / (N - 1), spread as Ape-X spreads its
+    epsilons (Horgan et al. 2018; 0.4 to 0.4 ** 8 = 0.0007 with the defaults). The Boltzmann part explores
     where the actions' values are close and not where one is far better: a corridor whose every step
-    matters is walked, and at its end a junction whose never-tried turn is valued close to "right" gets
-    turns (with hqlt; lstm's generalised gap there is too wide for any temperature, benchmarks/RESULTS.md).
-    The spread lets some env's temperature suit the gaps, whatever their size in units of the std.
-    `greedy=True` (the distribution's mode) is argmax_a Q; the values are those of the greedy action,
-    max_a Q.
+    matters is walked. It never tries an action whose value is generalised far below the greedy one, as a
+    T-Maze junction's turn is from the corridor's "up is behind schedule" (12 stds below "right" there,
+    benchmarks/RESULTS.md); the epsilon part does, and the envs whose eps_i is near 1 / (episode length)
+    both walk the corridor and turn at its end. `greedy=True` (the distribution's mode) is argmax_a Q; the
+    values are those of the greedy action, max_a Q.
     """
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
-        temperature: float = 0.4, temperature_alpha: float = 7.0,
+        temperature: float = 0.4, temperature_alpha: float = 7.0, epsilon: float = 0.4,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
@@ -212,12 +217,12 @@ class QPolicy(Policy):
         # unit gain, more than a whole episode's penalties on T-Maze) is copied along the corridor and
         # drowns the penalties of 1/L per step that tell its actions apart (benchmarks/RESULTS.md).
         nn.init.orthogonal_(self.value_layer.weight, 0.01)
-        self.temperature, self.temperature_alpha = temperature, temperature_alpha
+        self.temperature, self.temperature_alpha, self.epsilon = temperature, temperature_alpha, epsilon
 
-    def temperatures(self, num_rows: int, device: torch.device) -> Tensor:
-        """tau_i of rows i = 0 .. num_rows - 1, float `[num_rows]` (the class docstring)."""
-        position = torch.arange(num_rows, device=device) / max(num_rows - 1, 1)
-        return self.temperature ** (1 + self.temperature_alpha * position)
+    def exploration(self, num_rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """tau_i and eps_i of rows i = 0 .. num_rows - 1, float `[num_rows]` each (the class docstring)."""
+        exponent = 1 + self.temperature_alpha * torch.arange(num_rows, device=device) / max(num_rows - 1, 1)
+        return self.temperature**exponent, self.epsilon**exponent
 
     def q_values(self, y: Tensor) -> Tensor:
         """The core's output `[..., hidden_dim]` -> Q-values in reward units `[..., num_actions]`."""
@@ -227,12 +232,14 @@ class QPolicy(Policy):
     def forward(
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
     ) -> tuple[ActionDistribution, Tensor, State]:
-        """As `Policy.forward`: the Boltzmann distribution over `[B, T]` (row b's temperature from
-        `temperatures(B)`), the greedy values max_a Q `[B, T]` and the next state."""
+        """As `Policy.forward`: the exploring distribution over `[B, T]` (row b's temperature and epsilon
+        from `exploration(B)`), the greedy values max_a Q `[B, T]` and the next state."""
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         q = self.q_values(y)
-        scale = self.value_layer.std * self.temperatures(q.shape[0], q.device)[:, None, None]
-        return ActionDistribution(q / scale, self.action_head.nvec), q.max(-1).values, state
+        temperatures, epsilons = (x[:, None, None] for x in self.exploration(q.shape[0], q.device))
+        boltzmann = (q / (self.value_layer.std * temperatures)).log_softmax(-1)
+        log_probs = torch.logaddexp(boltzmann + torch.log1p(-epsilons), (epsilons / q.shape[-1]).log())
+        return ActionDistribution(log_probs, self.action_head.nvec), q.max(-1).values, state
 
     @torch.no_grad()
     def update_value_statistics(self, targets: Tensor, mask: Tensor | None = None) -> None:
@@ -252,5 +259,5 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     core = build_core(memory.core, input_dim=agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
     if isinstance(agent, DQNConfig):
         return QPolicy(observation_space, action_space, core, agent.head_dim, agent.temperature,
-                       agent.temperature_alpha)
+                       agent.temperature_alpha, agent.epsilon)
     return Policy(observation_space, action_space, core, agent.head_dim)

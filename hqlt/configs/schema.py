@@ -27,6 +27,7 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
     "> 0": lambda value: value > 0,
     "in [0, 1]": lambda value: 0 <= value <= 1,
     "in (0, 1]": lambda value: 0 < value <= 1,
+    "in [0, 1)": lambda value: 0 <= value < 1,
 }
 
 
@@ -207,10 +208,12 @@ class DQNConfig(ReplayConfig):
     # Lambda of Peng's Q(lambda) targets over the whole replayed sequence (hqlt.agents.dqn.lambda_targets), in
     # place of n-step ones when > 0: a value crosses a long corridor in one target, not in a chain of them.
     q_lambda: float = 0.0
-    # Exploration (hqlt.agents.policy.QPolicy): env i of N samples from softmax(Q / (std x tau_i)), std the value
-    # statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1)) spread as Ape-X spreads epsilons.
+    # Exploration (hqlt.agents.policy.QPolicy): env i of N samples from (1 - eps_i) softmax(Q / (std x tau_i)) +
+    # eps_i / num_actions, std the value statistics', tau_i = temperature ** (1 + temperature_alpha * i / (N - 1))
+    # and eps_i = epsilon ** (the same exponent), spread as Ape-X spreads epsilons. epsilon 0: Boltzmann alone.
     temperature: float = 0.4
     temperature_alpha: float = 7.0
+    epsilon: float = 0.4
     # PPO's episodic recall objective (PPOConfig.recall_coef, .recall_pairs) on the replayed sequences; 0 turns it off.
     recall_coef: float = 0.1
     recall_pairs: int = 32
@@ -401,7 +404,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
         own = [*replay, ("n_step", ">= 1"), ("q_lambda", "in [0, 1]"), ("temperature", "in (0, 1]"),
-               ("temperature_alpha", ">= 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
+               ("temperature_alpha", ">= 0"), ("epsilon", "in [0, 1)"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
