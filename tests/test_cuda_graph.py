@@ -110,8 +110,9 @@ def test_captured_policy_and_env_step_equals_eager_stepping(core_name):
     steps left the episodes as they were."""
 
     def run(capture: bool):
-        # Active T-Maze 3: turns end episodes from step 4 on, the time limit truncates at step 5.
-        envs = make_batched("hqlt/TMazeActive-v0", ENVS, device=DEVICE, seed=0, corridor_length=3, max_episode_steps=5)
+        # Active T-Maze 3: a turn can end an episode at step 4 at the earliest, and the time limit truncates
+        # every episode that has not ended by then (whatever the untrained greedy policy does).
+        envs = make_batched("hqlt/TMazeActive-v0", ENVS, device=DEVICE, seed=0, corridor_length=3, max_episode_steps=4)
         policy = make_policy(core_name, 100.0, envs.single_observation_space, envs.single_action_space)
         collector = Collector(policy, envs, DEVICE, rollout_length=1, sequence_length=1, capture=capture)
         collector.restart(0)
