@@ -127,8 +127,7 @@ def test_a_fresh_q_network_values_every_state_near_zero(tmp_path, seed):
     """Q starts near 0 (the statistics' mean) whatever the core's output: every Q-value bootstraps from
     the next one, so initial values that differ by state would be copied along an episode. Core outputs
     of unit scale, as hqlt's are: with the critic's unit gain V spreads over about +-1 here."""
-    torch.manual_seed(seed)
-    policy = DqnTrainer(tiny_config(tmp_path, f"seed={seed}")).policy
+    policy = DqnTrainer(tiny_config(tmp_path, f"seed={seed}")).policy  # seeds the generators too
     q = policy.q_values(torch.randn(64, policy.core.hidden_dim) * 3)
     assert q.abs().max() < 0.1
 

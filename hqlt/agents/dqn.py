@@ -1,6 +1,7 @@
 """Recurrent DQN in the style of R2D2 (Kapturowski et al. 2019): a Q-network acts (Boltzmann exploration
-mixed with epsilon-greedy, per-env temperatures and epsilons), its rollouts are replayed as whole sequences through the recurrent core,
-and double Q-learning moves it towards n-step targets of a Polyak-averaged target network.
+mixed with epsilon-greedy, a temperature and an epsilon per env), its rollouts are replayed as whole
+sequences through the recurrent core, and double Q-learning moves it towards n-step targets of a
+Polyak-averaged target network.
 
     python train_rl.py agent=dqn [agent.updates_per_collect=8] [agent.n_step=5] ...
 

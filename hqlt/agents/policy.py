@@ -180,10 +180,9 @@ class Policy(nn.Module):
 
 class QPolicy(Policy):
     """A recurrent Q-network that explores by Boltzmann exploration mixed with epsilon-greedy (agent=dqn,
-    hqlt.agents.dqn): Policy's
-    encoder, inputs and core, with a dueling head (Wang et al. 2016) made of Policy's two heads, the critic
-    as the state value V (reward units, PopArt) and the action head's outputs as the advantages A (in
-    units of the value statistics' std):
+    hqlt.agents.dqn): Policy's encoder, inputs and core, with a dueling head (Wang et al. 2016) made of
+    Policy's two heads, the critic as the state value V (reward units, PopArt) and the action head's
+    outputs as the advantages A (in units of the value statistics' std):
 
         Q(h, a) = V(h) + std * (A(h, a) - mean_b A(h, b))                                 [..., num_actions]
 
@@ -200,8 +199,8 @@ class QPolicy(Policy):
     where the actions' values are close and not where one is far better: a corridor whose every step
     matters is walked. It never tries an action whose value is generalised far below the greedy one, as a
     T-Maze junction's turn is from the corridor's "up is behind schedule" (12 stds below "right" there,
-    benchmarks/RESULTS.md); the epsilon part does, and the envs whose eps_i is near 1 / (episode length)
-    both walk the corridor and turn at its end. `greedy=True` (the distribution's mode) is argmax_a Q; the
+    benchmarks/RESULTS.md); the epsilon part does: an env whose eps_i is near 1 / (episode length) walks
+    the whole corridor with probability about 1/e and then turns with probability about eps_i / 2. `greedy=True` (the distribution's mode) is argmax_a Q; the
     values are those of the greedy action, max_a Q.
     """
 
