@@ -146,10 +146,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> Path:
-    """Runs `ranks_worker` on two processes (killed after 120 s); returns the folder of their results."""
-    out = tmp_path_factory.mktemp("ranks")
+def run_ranks(out: Path) -> None:
+    """Runs `ranks_worker` on two processes, killed after 120 s."""
     context = mp.start_processes(ranks_worker, args=(free_port(), out), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):
@@ -157,7 +155,20 @@ def ranks(tmp_path_factory) -> Path:
             for process in context.processes:
                 process.kill()
             pytest.fail("the two ranks did not finish within 120 s")
-    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    """The folder of `ranks_worker`'s results. Another process can take the free port between `free_port`
+    and rank 0's bind (the tests run in parallel): the ranks then start again on a new port, up to 3 times."""
+    out = tmp_path_factory.mktemp("ranks")
+    for attempt in range(3):
+        try:
+            run_ranks(out)
+            return out
+        except mp.ProcessRaisedException as error:
+            if attempt == 2 or not ("EADDRINUSE" in str(error) or "Address already in use" in str(error)):
+                raise
 
 
 def assert_same(model, reference, **tolerance):

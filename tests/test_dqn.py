@@ -122,6 +122,39 @@ def test_acting_mixes_boltzmann_in_units_of_the_value_std_with_epsilon_and_greed
     torch.testing.assert_close(values, q.max(-1).values)
 
 
+def test_every_row_explores_the_last_steps_of_an_episode_as_long_as_the_longest_with_epsilon(tmp_path):
+    """The last final_steps steps of an episode as long as the longest that has ended are explored with
+    epsilon by every row; the other steps with eps_b, and all of them before any episode has ended."""
+    trainer = DqnTrainer(tiny_config(tmp_path, "agent.final_steps=2", "agent.epsilon=0.3"))
+    policy, collector, steps = trainer.policy, trainer.collector, 8
+    inputs = (collector.obs[:, None].expand(-1, steps, -1), collector.prev_action[:, None].expand(-1, steps, -1),
+              collector.prev_reward[:, None].expand(-1, steps))
+    resets = torch.zeros(NUM_ENVS, steps, dtype=torch.bool)
+    resets[:, 0] = True
+    resets[0, 5] = True  # row 0: an episode of 5 steps ends; its next one starts at step 5
+    temperatures, row_epsilons = policy.exploration(NUM_ENVS, torch.device("cpu"))
+
+    def probabilities(epsilons, resets):
+        """(1 - eps) softmax(Q / (std tau_b)) + eps / num_actions for eps `[B, T]`."""
+        steps = resets.shape[1]
+        q = policy.q_values(policy.memory(*(x[:, :steps] for x in inputs), policy.initial_state(NUM_ENVS), resets)[0])
+        boltzmann = (q / (policy.value_layer.std * temperatures[:, None, None])).softmax(-1)
+        return (1 - epsilons[..., None]) * boltzmann + epsilons[..., None] / q.shape[-1]
+
+    with torch.no_grad():
+        one_episode = resets[:, :5].clone()  # no episode ends in it: nothing is measured
+        acting = policy(*(x[:, :5] for x in inputs), policy.initial_state(NUM_ENVS), one_episode)[0]
+        assert float(policy.longest_episode) == 0
+        expected = probabilities(row_epsilons[:, None].expand(-1, 5), one_episode)
+        torch.testing.assert_close(acting.log_probs[0].exp(), expected, rtol=1e-4, atol=1e-6)
+        acting = policy(*inputs, policy.initial_state(NUM_ENVS), resets)[0]  # ends row 0's episode of 5 steps
+        assert float(policy.longest_episode) == 5
+        # that call already explores the steps at times >= 5 - 2 as final ones
+        final = torch.tensor([[0, 0, 0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+        expected = probabilities(torch.where(final, 0.3, row_epsilons[:, None]), resets)
+        torch.testing.assert_close(acting.log_probs[0].exp(), expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_fresh_q_network_values_every_state_near_zero(tmp_path, seed):
     """Q starts near 0 (the statistics' mean) whatever the core's output: every Q-value bootstraps from
@@ -213,6 +246,7 @@ def test_the_recall_objective_trains_the_memory_only_when_weighed(tmp_path, reca
     ("agent.temperature=0", r"agent.temperature must be in \(0, 1\], got 0"),
     ("agent.temperature_alpha=-1", "agent.temperature_alpha must be >= 0, got -1"),
     ("agent.epsilon=1", r"agent.epsilon must be in \[0, 1\), got 1"),
+    ("agent.final_steps=-1", "agent.final_steps must be >= 0, got -1"),
     ("agent.tau=0", r"agent.tau must be in \(0, 1\], got 0"),
     ("agent.recall_pairs=0", "agent.recall_pairs must be >= 1, got 0"),
     ("agent.replay_size=3", "agent.replay_size=3 must be >= 4: it must hold one collection's sequences"),

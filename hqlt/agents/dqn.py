@@ -12,8 +12,9 @@ door) comes once per episode, after hundreds of steps that make the policy nearl
 policy gradient raises a rarely tried action's probability a little per update (PPO's clip: 20%),
 while the corridor's updates push it back (benchmarks/RESULTS.md, the T-Maze junction). Here one tried
 turn moves Q(junction, turn), and the greedy action follows Q as soon as it leads; exploration is a
-temperature per env in units of the values' std (QPolicy), whatever the rewards' scale, and an epsilon
-per env for the actions whose values are generalised far below the greedy one.
+temperature per env in units of the values' std (QPolicy), whatever the rewards' scale, an epsilon
+per env for the actions whose values are generalised far below the greedy one, and the largest epsilon
+in every env at the last steps of an episode as long as the longest (where a T-Maze junction is).
 
 The network is the run's `QPolicy` (a Policy with a dueling head in PopArt units); the target network
 is a copy of it. The math, per step t of a sequence of L (actions a of the Discrete space A):

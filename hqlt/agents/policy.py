@@ -199,14 +199,18 @@ class QPolicy(Policy):
     where the actions' values are close and not where one is far better: a corridor whose every step
     matters is walked. It never tries an action whose value is generalised far below the greedy one, as a
     T-Maze junction's turn is from the corridor's "up is behind schedule" (12 stds below "right" there,
-    benchmarks/RESULTS.md); the epsilon part does: an env whose eps_i is near 1 / (episode length) walks
-    the whole corridor with probability about 1/e and then turns with probability about eps_i / 2. `greedy=True` (the distribution's mode) is argmax_a Q; the
-    values are those of the greedy action, max_a Q.
+    benchmarks/RESULTS.md); the epsilon part does. Undirected exploration alone reaches such a junction in
+    O(L^2) env steps on a corridor of L: a per-step epsilon small enough to walk the corridor (about 1 / L)
+    rarely turns at its end. So the last `final_steps` steps of an episode as long as the longest one
+    that has ended so far (`longest_episode`, measured while acting) are explored by every env with the
+    largest epsilon, `epsilon` itself: a time-limited task's last decision is tried in a constant share
+    of the episodes that reach it (the T-Maze junction in 1 of 5), in O(L) env steps. `greedy=True` (the
+    distribution's mode) is argmax_a Q; the values are those of the greedy action, max_a Q.
     """
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
-        temperature: float = 0.4, temperature_alpha: float = 7.0, epsilon: float = 0.4,
+        temperature: float = 0.4, temperature_alpha: float = 7.0, epsilon: float = 0.4, final_steps: int = 1,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
@@ -217,6 +221,10 @@ class QPolicy(Policy):
         # drowns the penalties of 1/L per step that tell its actions apart (benchmarks/RESULTS.md).
         nn.init.orthogonal_(self.value_layer.weight, 0.01)
         self.temperature, self.temperature_alpha, self.epsilon = temperature, temperature_alpha, epsilon
+        self.final_steps = final_steps
+        # Steps of the longest episode that has ended while acting (0: none yet). Not saved: a resumed run
+        # measures it again from its first ended episode.
+        self.register_buffer("longest_episode", torch.zeros(()), persistent=False)
 
     def exploration(self, num_rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """tau_i and eps_i of rows i = 0 .. num_rows - 1, float `[num_rows]` each (the class docstring)."""
@@ -232,13 +240,27 @@ class QPolicy(Policy):
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
     ) -> tuple[ActionDistribution, Tensor, State]:
         """As `Policy.forward`: the exploring distribution over `[B, T]` (row b's temperature and epsilon
-        from `exploration(B)`), the greedy values max_a Q `[B, T]` and the next state."""
+        from `exploration(B)`; `epsilon` in an episode's final steps), the greedy values max_a Q `[B, T]`
+        and the next state. Updates `longest_episode` from the episodes that `resets` shows ended."""
+        times = episode_times(state[EPISODE_TIME], resets)  # before `memory` may advance the state in place
+        self.measure_episodes(times, state[EPISODE_TIME], resets)
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         q = self.q_values(y)
-        temperatures, epsilons = (x[:, None, None] for x in self.exploration(q.shape[0], q.device))
-        boltzmann = (q / (self.value_layer.std * temperatures)).log_softmax(-1)
+        temperatures, epsilons = self.exploration(q.shape[0], q.device)
+        final = (times >= self.longest_episode - self.final_steps) & (self.longest_episode > 0)
+        epsilons = torch.where(final, self.epsilon, epsilons[:, None]).unsqueeze(-1)
+        boltzmann = (q / (self.value_layer.std * temperatures[:, None, None])).log_softmax(-1)
         log_probs = torch.logaddexp(boltzmann + torch.log1p(-epsilons), (epsilons / q.shape[-1]).log())
         return ActionDistribution(log_probs, self.action_head.nvec), q.max(-1).values, state
+
+    @torch.no_grad()
+    def measure_episodes(self, times: Tensor, carried: Tensor, resets: Tensor) -> None:
+        """Raises `longest_episode` (in place, so that a captured CUDA graph does it too) to the length of
+        every episode that ends before a reset: times `[B, T]` (`episode_times`), carried `[B]` (the
+        state's EPISODE_TIME before step 0), resets bool `[B, T]`."""
+        lengths = torch.cat([carried[:, None], times[:, :-1] + 1], dim=1)  # of the episode before each step
+        ended = torch.where(resets, lengths, 0.0).max()
+        torch.maximum(self.longest_episode, ended, out=self.longest_episode)
 
     @torch.no_grad()
     def update_value_statistics(self, targets: Tensor, mask: Tensor | None = None) -> None:
@@ -258,5 +280,5 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     core = build_core(memory.core, input_dim=agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
     if isinstance(agent, DQNConfig):
         return QPolicy(observation_space, action_space, core, agent.head_dim, agent.temperature,
-                       agent.temperature_alpha, agent.epsilon)
+                       agent.temperature_alpha, agent.epsilon, agent.final_steps)
     return Policy(observation_space, action_space, core, agent.head_dim)

@@ -214,6 +214,9 @@ class DQNConfig(ReplayConfig):
     temperature: float = 0.4
     temperature_alpha: float = 7.0
     epsilon: float = 0.4
+    # The last final_steps steps of an episode as long as the longest ended so far are explored with epsilon by
+    # every env: a task's last decision (a T-Maze junction) is tried in O(L) env steps, not O(L^2). 0: off.
+    final_steps: int = 1
     # PPO's episodic recall objective (PPOConfig.recall_coef, .recall_pairs) on the replayed sequences; 0 turns it off.
     recall_coef: float = 0.1
     recall_pairs: int = 32
@@ -404,7 +407,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
         own = [*replay, ("target_entropy_ratio", "in [0, 1]"), ("initial_alpha", "> 0"), ("reward_scale", "> 0")]
     elif isinstance(agent, DQNConfig):
         own = [*replay, ("n_step", ">= 1"), ("q_lambda", "in [0, 1]"), ("temperature", "in (0, 1]"),
-               ("temperature_alpha", ">= 0"), ("epsilon", "in [0, 1)"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
+               ("temperature_alpha", ">= 0"), ("epsilon", "in [0, 1)"), ("final_steps", ">= 0"),
+               ("recall_coef", ">= 0"), ("recall_pairs", ">= 1")]
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
