@@ -293,6 +293,21 @@ def test_resume_matches_an_uninterrupted_run_and_logs_the_dqn_tags(tmp_path):
     assert metrics.REPLAY_SEQUENCES in tags and metrics.EPISODE_RETURN in tags
 
 
+def test_the_reward_input_scale_is_measured_before_learning_starts_then_kept(tmp_path):
+    """The policy sees its previous reward over the rewards' rms, measured (for the target network too)
+    on the collections before learning starts and then kept, so that replayed inputs stay as collected."""
+    train(tiny_config(tmp_path, f"agent.learning_starts={2 * STEPS_PER_UPDATE}", "checkpoint_interval=1"))
+    (run,) = (tmp_path / "runs" / "tmaze_passive_3" / "lstm").iterdir()
+    scales = []
+    for update in range(1, 5):
+        checkpoint = load_checkpoint(run / "checkpoints" / f"step{update * STEPS_PER_UPDATE:010d}.pt")
+        policy_scale = checkpoint["model"]["reward_scale.mean_square"]
+        assert torch.equal(checkpoint["learner"]["target"]["reward_scale.mean_square"], policy_scale)
+        scales.append(float(policy_scale))
+    assert scales[0] != 1.0 and scales[1] != scales[0]  # the penalties of 1/3 and the rewards of 1 seen
+    assert scales[3] == scales[2] == scales[1]
+
+
 def test_dqn_lstm_learns_passive_tmaze_4(tmp_path):
     """Learning, not just running: a memoryless greedy policy succeeds in half the episodes."""
     summary = train(compose([

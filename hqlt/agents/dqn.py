@@ -173,6 +173,11 @@ class DqnTrainer(ReplayTrainer):
 
     AGENT = DQNConfig
     UPDATE_TAGS = metrics.DQN_UPDATE_TAGS
+    # A T-Maze penalty of 1/L per step behind schedule is what tells a Q-network where it stands in a
+    # corridor that looks the same everywhere: unscaled, a seed's Q-values stayed flat for 500k steps
+    # on T-Maze 200 (benchmarks/RESULTS.md). SAC keeps the unscaled input, which its T-Maze 4 learns
+    # more often with (the same section).
+    MEASURES_REWARD_SCALE = True
 
     def _build_learner(self) -> None:
         self.target = copy.deepcopy(self.policy).requires_grad_(False)

@@ -18,8 +18,11 @@ its state carried across rollouts (as the Collector carries the policy's), witho
 any stored state (R2D2), these go stale as the parameters move; the sequences' first steps carry
 that error.
 
-The policy's reward input scale (`Policy.reward_scale`) is never updated by these learners: sequences
-replayed many updates later must see the inputs their stored states were computed with.
+The reward input's scale (`Policy.reward_scale`: the policy sees its previous reward over the rewards'
+rms, so that a T-Maze penalty of 1/L is as visible as a reward of 1) is, for a learner that sets
+`MEASURES_REWARD_SCALE`, measured on the experience collected before learning starts (the first
+collection at least) and then kept: sequences replayed many updates later must see the inputs their
+stored states were computed with. Otherwise it stays 1.
 """
 
 from __future__ import annotations
@@ -176,6 +179,8 @@ class ReplayTrainer(Trainer, ABC):
 
     # The learner's statistics (keys of `_gradient_step`'s dict) -> TensorBoard tags.
     UPDATE_TAGS: dict[str, str] = {}
+    # Whether the reward input's scale is measured before learning starts (module docstring).
+    MEASURES_REWARD_SCALE: bool = False
 
     def _build_experience(self) -> None:
         if distributed.world_size() > 1:
@@ -242,9 +247,14 @@ class ReplayTrainer(Trainer, ABC):
 
     def _update(self, rollout: Rollout) -> dict[str, float]:
         """`updates_per_collect` gradient steps on sequences drawn from the buffer, once `learning_starts`
-        env steps are collected; the means of their statistics by TensorBoard tag."""
+        env steps are collected (before that, the reward input's scale is measured: module docstring); the
+        means of their statistics by TensorBoard tag."""
         agent = self.cfg.agent
         scalars = {metrics.REPLAY_SEQUENCES: float(self.replay.size)}
+        begun_before_learning = self.global_step - self.steps_per_update < max(agent.learning_starts, 1)  # or the first
+        if self.MEASURES_REWARD_SCALE and begun_before_learning:
+            for network in (self.policy, *self._replayed_networks().values()):
+                network.update_reward_scale(rollout.rewards)
         if self.global_step < agent.learning_starts:
             return scalars
         learning_rate = self.optimizer.param_groups[0]["lr"]  # the trainer's schedule sets the policy's
