@@ -2,7 +2,7 @@
 
     python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|episodic|cue] [--updates 3000]
         [--distractor-steps 0] [--episodes 64] [--seed 0] [--recall-pairs 32] [--max-grad-norm NORM]
-        [--log-interval 100] [--option KEY=VALUE ...]
+        [--log-interval 100] [--probe] [--option KEY=VALUE ...]
 
 The scripted teacher acts only on what a remembering agent can know: in the reward room it walks up
 until the middle door is in view, goes to it if it has the cue's colour, else steps left until the
@@ -16,8 +16,12 @@ the memory a direct reason to keep the past, the cue included; `episodic` adds t
 recall objective (hqlt/agents/recall.py: tell its own episode's earlier observation among the batch's);
 `cue` (a diagnostic with privileged
 labels) adds a linear readout of the cue's colour from the core's output at every reward-room step,
-which tells whether the plateau is about holding the cue or about acting on it. Prints, every --log-interval updates, the cloning
-loss per reward-room step (and the episodic variant's recall loss; chance: ln of --episodes), and every 500 updates the greedy success of the student on 64 episodes.
+which tells whether the plateau is about holding the cue or about acting on it. `--probe` (any variant)
+trains a linear probe of the cue's colour on the core's output at the reward-room steps, detached, so
+that the memory is not trained by it: its accuracy (chance 1/3) tells whether the memory holds the
+colour where the policy needs it. Prints, every --log-interval updates, the cloning loss per
+reward-room step (the episodic variant's recall loss, chance ln of --episodes; the probe's accuracy
+before each update), and every 500 updates the greedy success of the student on 64 episodes.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--recall-pairs", type=int, default=PPOConfig.recall_pairs, help="anchor steps of the episodic variant")
     parser.add_argument("--log-interval", type=int, default=100, help="updates between printed losses")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
+    parser.add_argument("--probe", action="store_true", help="a detached linear probe of the cue's colour (docstring)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
@@ -155,7 +160,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
-    start, losses, recall_losses = time.time(), [], []
+    probe = nn.Linear(core.hidden_dim, NUM_COLOURS)
+    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3)
+    start, losses, recall_losses, probe_hits = time.time(), [], [], []
     for update in range(1, args.updates + 1):
         batch = episodes(env, args.episodes, length, rng)
         resets = torch.zeros_like(batch["valid"])
@@ -174,6 +181,13 @@ def main() -> None:
         elif args.variant == "cue":
             cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)
+        if args.probe:
+            cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
+            logits = probe(y.detach()[batch["reward_room"]])
+            probe_hits.append((logits.argmax(-1) == cue).float().mean().item())
+            probe_optimizer.zero_grad()
+            nn.functional.cross_entropy(logits, cue).backward()
+            probe_optimizer.step()
         optimizer.zero_grad()
         loss.backward()
         if args.max_grad_norm is not None:
@@ -183,10 +197,12 @@ def main() -> None:
             line = f"{args.core} {options or ''} {args.variant} update {update}: cloning loss {np.mean(losses):.4f}"
             if recall_losses:  # chance: ln(episodes)
                 line += f", recall loss {np.mean(recall_losses):.3f}"
+            if probe_hits:  # chance: 1/3
+                line += f", cue probe accuracy {np.mean(probe_hits):.3f}"
             if update % 500 == 0:
                 line += f", greedy success {greedy_success(policy, env, 64, seed=10**6):.3f}"
             print(f"{line} ({time.time() - start:.0f} s)", flush=True)
-            losses, recall_losses = [], []
+            losses, recall_losses, probe_hits = [], [], []
 
 
 if __name__ == "__main__":
