@@ -195,5 +195,5 @@ class DqnTrainer(ReplayTrainer):
         agent = self.cfg.agent
         names = ("num_envs", "rollout_length", "sequence_length", "replay_size", "batch_size", "updates_per_collect",
                  "learning_starts", "gamma", "n_step", "q_lambda", "tau", "temperature", "temperature_alpha", "epsilon",
-                 "recall_coef", "recall_pairs")
+                 "final_steps", "recall_coef", "recall_pairs")
         return {name: getattr(agent, name) for name in names}
