@@ -4,8 +4,9 @@
         [--seeds 0,1,2] [--jobs 8] [--device cuda] [--log-dir runs/suites] [--record] [--time-limit SECONDS]
         [--resume | --summarize] [-- OVERRIDE ...]
 
-SUITE is one of SUITES below: tasks (each a list of config overrides, e.g. an experiment preset) and
-the cores' sizes (the paper's for its comparison, else the memory presets). Every (task, core, seed)
+SUITE is one of SUITES below: tasks (each a list of config overrides, e.g. an experiment preset), the
+cores' sizes (the paper's for its comparison, else the memory presets) and, for the probes, defaults
+of every run (a budget of 20M steps, so that a probe runs until --time-limit). Every (task, core, seed)
 is one `python train_rl.py ...` process; up to --jobs run at once on the one device (batched envs keep
 each run on the GPU). Each task's runs are then read back from their TensorBoard events
 (hqlt.compare): a PNG of training success and return per core, mean and min..max over seeds, and a
@@ -58,6 +59,9 @@ PAPER_CORES = {
 PRESET_CORES = {core: [f"memory={core}"] for core in ("hqlt", "transformer", "deltanet", "lstm", "gru")}
 # agent=dqn's replay sizes on the GPU probes (dqn_probe).
 DQN_SIZES = ["agent.batch_size=64", "agent.replay_size=4096", "agent.learning_starts=50000"]
+# The probes' tasks take the config's default total_steps (150k) otherwise; with the learning issue's budget
+# a probe runs until --time-limit stops it (and --resume continues it).
+PROBE_DEFAULTS = ["total_steps=20000000"]
 SUITES = {
     "visual_match_750": {"tasks": {"visual_match_750": ["experiment=visual_match_750"]}, "cores": PAPER_CORES},
     "tmaze_passive_1000": {
@@ -72,6 +76,7 @@ SUITES = {
     # Where learning starts: short Visual Match, T-Maze 100 and 1000, with the learner's defaults. 256 envs
     # learn Visual Match in 4x fewer env steps than 1024 (4x the updates; RESULTS, "updates per env step").
     "memory_probe": {
+        "defaults": PROBE_DEFAULTS,
         "tasks": {
             "visual_match_0": ["env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=256"],
             "visual_match_30": ["env=visual_match", "env.kwargs.distractor_steps=30", "agent.num_envs=256"],
@@ -89,6 +94,7 @@ SUITES = {
     # The same tasks with agent=dqn, sized as on the H100 (RESULTS, "updates per env step, and DQN"): about
     # 4 replayed sequences per collected one.
     "dqn_probe": {
+        "defaults": PROBE_DEFAULTS,
         "tasks": {
             "visual_match_0": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=0", "agent.num_envs=256",
                                "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
@@ -202,6 +208,7 @@ def main() -> None:
     if args.suite not in SUITES:
         parser.error(f"unknown suite {args.suite!r}; suites: {', '.join(SUITES)}")
     tasks, core_overrides = SUITES[args.suite]["tasks"], SUITES[args.suite]["cores"]
+    defaults = SUITES[args.suite].get("defaults", [])  # overrides of every run, before the task's own
     if args.tasks is not None:
         unknown = sorted(set(args.tasks.split(",")) - set(tasks))
         if unknown:
@@ -223,7 +230,7 @@ def main() -> None:
             for seed in args.seeds.split(","):
                 checkpoint = latest_checkpoint(suite_dir / task / core, seed) if args.resume else None
                 if checkpoint is None:
-                    run = [*task_overrides, *core_overrides[core], f"memory.name={core}", f"seed={seed}",
+                    run = [*defaults, *task_overrides, *core_overrides[core], f"memory.name={core}", f"seed={seed}",
                            f"env.name={task}", f"log_dir={suite_dir}", *args.overrides]
                 else:
                     run = [f"resume={checkpoint}", *resumable_overrides(args.overrides)]
