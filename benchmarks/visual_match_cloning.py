@@ -169,6 +169,7 @@ def main() -> None:
         resets[:, 0] = True
         state = policy.initial_state(args.episodes)
         y, features, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
+        cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]  # the colour at each reward-room step
         log_probs = policy.action_head(y).log_prob(batch["actions"])
         loss = -log_probs[batch["reward_room"]].mean()
         losses.append(loss.item())
@@ -179,10 +180,8 @@ def main() -> None:
             recall_losses.append(recall.item())
             loss = loss + recall
         elif args.variant == "cue":
-            cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             loss = loss + nn.functional.cross_entropy(readout(y[batch["reward_room"]]), cue)
         if args.probe:
-            cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]
             logits = probe(y.detach()[batch["reward_room"]])
             probe_hits.append((logits.argmax(-1) == cue).float().mean().item())
             probe_optimizer.zero_grad()

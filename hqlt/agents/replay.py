@@ -251,8 +251,9 @@ class ReplayTrainer(Trainer, ABC):
         means of their statistics by TensorBoard tag."""
         agent = self.cfg.agent
         scalars = {metrics.REPLAY_SEQUENCES: float(self.replay.size)}
-        begun_before_learning = self.global_step - self.steps_per_update < max(agent.learning_starts, 1)  # or the first
-        if self.MEASURES_REWARD_SCALE and begun_before_learning:
+        # collections begun before learning starts, and the first one whatever learning_starts
+        measuring = self.global_step - self.steps_per_update < max(agent.learning_starts, 1)
+        if self.MEASURES_REWARD_SCALE and measuring:
             for network in (self.policy, *self._replayed_networks().values()):
                 network.update_reward_scale(rollout.rewards)
         if self.global_step < agent.learning_starts:
