@@ -4,7 +4,9 @@
 # Installs the carried wheels (WHEELS, default .whl) into /tmp/site, runs every COMMAND at once from
 # the repo root (each one's output in $OUT/logs.tar.gz as <k>.log), waits for all, then packs what
 # they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under RUNS (default runs/) into
-# $OUT/runs.tar.gz (checkpoints left out).
+# $OUT/runs.tar.gz (checkpoints left out). With CHECKPOINTS=1, each run's newest checkpoint also goes into
+# $OUT/checkpoints.tar.gz (same paths under RUNS), so that a later session can carry it back and resume the
+# run (`memory_suite.py --resume`) on a fresh machine.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_run}
 WHEELS=${WHEELS:-.whl}
@@ -30,4 +32,9 @@ done
 tar -czf "$OUT/logs.tar.gz" logs
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 [ -d "$RUNS" ] && tar -czf "$OUT/runs.tar.gz" --exclude="*.pt" -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
+if [ "${CHECKPOINTS:-0}" = 1 ] && [ -d "$RUNS" ]; then
+    newest=$(for dir in $(find "$RUNS" -type d -name checkpoints); do ls -1 "$dir"/step*.pt 2>/dev/null | sort | tail -n 1; done)
+    [ -n "$newest" ] && tar -czf "$OUT/checkpoints.tar.gz" -C "$(dirname "$RUNS")" \
+        $(for path in $newest; do realpath --relative-to="$(dirname "$RUNS")" "$path"; done)
+fi
 ls -la "$OUT"
