@@ -2,7 +2,7 @@
 
     python benchmarks/visual_match_cloning.py [--core lstm] [--variant plain|recall|episodic|cue] [--updates 3000]
         [--distractor-steps 0] [--episodes 64] [--seed 0] [--recall-pairs 32] [--max-grad-norm NORM]
-        [--log-interval 100] [--probe] [--option KEY=VALUE ...]
+        [--log-interval 100] [--probe] [--compare] [--option KEY=VALUE ...]
 
 The scripted teacher acts only on what a remembering agent can know: in the reward room it walks up
 until the middle door is in view, goes to it if it has the cue's colour, else steps left until the
@@ -19,15 +19,18 @@ labels) adds a linear readout of the cue's colour from the core's output at ever
 which tells whether the plateau is about holding the cue or about acting on it. `--probe` (any variant)
 trains a linear probe of the cue's colour on the core's output at the reward-room steps, detached, so
 that the memory is not trained by it: its accuracy (chance 1/3) tells whether the memory holds the
-colour where the policy needs it. Prints, every --log-interval updates, the cloning loss per
+colour where the policy needs it. `--compare` (any variant) feeds the action head y + (A y) * (B x), y the
+core's output and x the current observation's features: a multiplicative term that can compare what
+the memory holds with what is in view in one layer. Prints, every --log-interval updates, the cloning loss per
 reward-room step (the episodic variant's recall loss, chance ln of --episodes; the probe's accuracy
-before each update), and every 500 updates the greedy success of the student on 64 episodes.
+before each update), and every --success-interval updates the greedy success of the student on 64 episodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -110,19 +113,21 @@ def recall_loss(recall: nn.Module, y: Tensor, obs: Tensor, valid: Tensor) -> Ten
 
 
 @torch.no_grad()
-def greedy_success(policy: Policy, env: PassiveVisualMatch, count: int, seed: int) -> float:
-    """Success of the student acting greedily, one env at a time, carrying its state."""
+def greedy_success(policy: Policy, head: Callable[[Tensor, Tensor], Tensor], env: PassiveVisualMatch, count: int,
+                   seed: int) -> float:
+    """Success of the student acting greedily, one env at a time, carrying its state; `head` maps the core's
+    output and the observation's features (`[1, 1, *]` each) to the action head's input."""
     successes = 0
     for episode in range(count):
         obs, _ = env.reset(seed=seed + episode)
         state = policy.initial_state(1)
-        prev_action = torch.zeros(1, 1, dtype=torch.int64)
-        reset = torch.ones(1, dtype=torch.bool)
+        prev_action = torch.zeros(1, 1, 1, dtype=torch.int64)
+        reset = torch.ones(1, 1, dtype=torch.bool)
         while True:
-            actions, _, _, state = policy.act(torch.as_tensor(obs)[None], prev_action, torch.zeros(1), state, reset,
-                                              greedy=True)
-            obs, _, terminated, _, info = env.step(int(actions[0, 0]))
-            prev_action, reset = actions, torch.zeros(1, dtype=torch.bool)
+            y, features, state = policy.memory(torch.as_tensor(obs)[None, None], prev_action, torch.zeros(1, 1), state, reset)
+            action = policy.action_head(head(y, features)).mode()
+            obs, _, terminated, _, info = env.step(int(action[0, 0, 0]))
+            prev_action, reset = action, torch.zeros(1, 1, dtype=torch.bool)
             if terminated:
                 successes += info["success"] == 1.0
                 break
@@ -141,11 +146,15 @@ def main() -> None:
     parser.add_argument("--log-interval", type=int, default=100, help="updates between printed losses")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--probe", action="store_true", help="a detached linear probe of the cue's colour (docstring)")
+    parser.add_argument("--compare", action="store_true", help="a multiplicative compare term before the action head")
+    parser.add_argument("--success-interval", type=int, default=500, help="updates between greedy-success checks")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
     args = parser.parse_args()
-    if args.recall_pairs < 1 or args.log_interval < 1 or (args.max_grad_norm is not None and args.max_grad_norm <= 0):
-        parser.error("--recall-pairs and --log-interval must be >= 1, --max-grad-norm > 0")
+    if min(args.recall_pairs, args.log_interval, args.success_interval) < 1 or (
+        args.max_grad_norm is not None and args.max_grad_norm <= 0
+    ):
+        parser.error("--recall-pairs, --log-interval and --success-interval must be >= 1, --max-grad-norm > 0")
     options = {key: yaml.safe_load(value) for key, value in (option.split("=", 1) for option in args.option)}
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -158,7 +167,14 @@ def main() -> None:
     outputs = {"plain": 0, "episodic": 0, "recall": RECALL_STEPS * pixels, "cue": NUM_COLOURS}[args.variant]
     readout = nn.Linear(core.hidden_dim, outputs) if outputs else None
     generator = torch.Generator().manual_seed(args.seed)
-    parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
+    compare = nn.ModuleDict({"memory": nn.Linear(core.hidden_dim, core.hidden_dim),
+                             "view": nn.Linear(policy.encoder.out_dim, core.hidden_dim)}) if args.compare else None
+    extra = [module for module in (readout, compare) if module is not None]
+
+    def head(y: Tensor, features: Tensor) -> Tensor:
+        return y if compare is None else y + compare["memory"](y) * compare["view"](features)
+
+    parameters = [*policy.parameters(), *(p for module in extra for p in module.parameters())]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
     probe = nn.Linear(core.hidden_dim, NUM_COLOURS)
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3)
@@ -170,7 +186,7 @@ def main() -> None:
         state = policy.initial_state(args.episodes)
         y, features, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
         cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]  # the colour at each reward-room step
-        log_probs = policy.action_head(y).log_prob(batch["actions"])
+        log_probs = policy.action_head(head(y, features)).log_prob(batch["actions"])
         loss = -log_probs[batch["reward_room"]].mean()
         losses.append(loss.item())
         if args.variant == "recall":
@@ -198,8 +214,8 @@ def main() -> None:
                 line += f", recall loss {np.mean(recall_losses):.3f}"
             if probe_hits:  # chance: 1/3
                 line += f", cue probe accuracy {np.mean(probe_hits):.3f}"
-            if update % 500 == 0:
-                line += f", greedy success {greedy_success(policy, env, 64, seed=10**6):.3f}"
+            if update % args.success_interval == 0:
+                line += f", greedy success {greedy_success(policy, head, env, 64, seed=10**6):.3f}"
             print(f"{line} ({time.time() - start:.0f} s)", flush=True)
             losses, recall_losses, probe_hits = [], [], []
 

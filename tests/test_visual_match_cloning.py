@@ -10,13 +10,15 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "visual_match_cloning.py"
 
 
-@pytest.mark.parametrize("variant", ["plain", "episodic"])
-def test_cloning_runs_and_the_probe_reports_its_accuracy(variant):
+@pytest.mark.parametrize(("variant", "compare"), [("plain", False), ("episodic", True)])
+def test_cloning_runs_and_the_probe_reports_its_accuracy(variant, compare):
     command = [sys.executable, str(SCRIPT), "--variant", variant, "--probe", "--updates", "2", "--log-interval", "2",
-               "--episodes", "4", "--distractor-steps", "2"]
+               "--success-interval", "2", "--episodes", "4", "--distractor-steps", "2", *(["--compare"] if compare else [])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"lstm  {variant} update 2: cloning loss" in result.stdout
-    accuracy = float(result.stdout.split("cue probe accuracy ")[1].split()[0])
+    accuracy = float(result.stdout.split("cue probe accuracy ")[1].split()[0].rstrip(","))
     assert 0.0 <= accuracy <= 1.0
     assert ("recall loss" in result.stdout) == (variant == "episodic")
+    success = float(result.stdout.split("greedy success ")[1].split()[0])
+    assert 0.0 <= success <= 1.0
