@@ -19,9 +19,10 @@ labels) adds a linear readout of the cue's colour from the core's output at ever
 which tells whether the plateau is about holding the cue or about acting on it. `--probe` (any variant)
 trains a linear probe of the cue's colour on the core's output at the reward-room steps, detached, so
 that the memory is not trained by it: its accuracy (chance 1/3) tells whether the memory holds the
-colour where the policy needs it. `--compare` (any variant) feeds the action head y + (A y) * (B x), y the
-core's output and x the current observation's features: a multiplicative term that can compare what
-the memory holds with what is in view in one layer. Prints, every --log-interval updates, the cloning loss per
+colour where the policy needs it. `--compare` (any variant) builds the policy with agent.compare's
+ViewComparison (hqlt/agents/policy.py): the heads read the core's output plus a product of it with the
+current observation's features, which can compare what the memory holds with what is in view in one
+layer. Prints, every --log-interval updates, the cloning loss per
 reward-room step (the episodic variant's recall loss, chance ln of --episodes; the probe's accuracy
 before each update), and every --success-interval updates the greedy success of the student on 64 episodes.
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -113,21 +113,19 @@ def recall_loss(recall: nn.Module, y: Tensor, obs: Tensor, valid: Tensor) -> Ten
 
 
 @torch.no_grad()
-def greedy_success(policy: Policy, head: Callable[[Tensor, Tensor], Tensor], env: PassiveVisualMatch, count: int,
-                   seed: int) -> float:
-    """Success of the student acting greedily, one env at a time, carrying its state; `head` maps the core's
-    output and the observation's features (`[1, 1, *]` each) to the action head's input."""
+def greedy_success(policy: Policy, env: PassiveVisualMatch, count: int, seed: int) -> float:
+    """Success of the student acting greedily, one env at a time, carrying its state."""
     successes = 0
     for episode in range(count):
         obs, _ = env.reset(seed=seed + episode)
         state = policy.initial_state(1)
-        prev_action = torch.zeros(1, 1, 1, dtype=torch.int64)
-        reset = torch.ones(1, 1, dtype=torch.bool)
+        prev_action = torch.zeros(1, 1, dtype=torch.int64)
+        reset = torch.ones(1, dtype=torch.bool)
         while True:
-            y, features, state = policy.memory(torch.as_tensor(obs)[None, None], prev_action, torch.zeros(1, 1), state, reset)
-            action = policy.action_head(head(y, features)).mode()
-            obs, _, terminated, _, info = env.step(int(action[0, 0, 0]))
-            prev_action, reset = action, torch.zeros(1, 1, dtype=torch.bool)
+            actions, _, _, state = policy.act(torch.as_tensor(obs)[None], prev_action, torch.zeros(1), state, reset,
+                                              greedy=True)
+            obs, _, terminated, _, info = env.step(int(actions[0, 0]))
+            prev_action, reset = actions, torch.zeros(1, dtype=torch.bool)
             if terminated:
                 successes += info["success"] == 1.0
                 break
@@ -146,7 +144,7 @@ def main() -> None:
     parser.add_argument("--log-interval", type=int, default=100, help="updates between printed losses")
     parser.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (the learners': 0.5)")
     parser.add_argument("--probe", action="store_true", help="a detached linear probe of the cue's colour (docstring)")
-    parser.add_argument("--compare", action="store_true", help="a multiplicative compare term before the action head")
+    parser.add_argument("--compare", action="store_true", help="the policy's ViewComparison (agent.compare)")
     parser.add_argument("--success-interval", type=int, default=500, help="updates between greedy-success checks")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a core option (as memory.options), e.g. --option num_layers=3; repeatable")
@@ -162,19 +160,12 @@ def main() -> None:
     env = PassiveVisualMatch(distractor_steps=args.distractor_steps)
     length = sum(env.phase_steps)
     core = build_core(args.core, input_dim=64, hidden_dim=128, **options)
-    policy = Policy(env.observation_space, env.action_space, core, head_dim=64)
+    policy = Policy(env.observation_space, env.action_space, core, head_dim=64, compare=args.compare)
     pixels = int(np.prod(env.observation_space.shape))
     outputs = {"plain": 0, "episodic": 0, "recall": RECALL_STEPS * pixels, "cue": NUM_COLOURS}[args.variant]
     readout = nn.Linear(core.hidden_dim, outputs) if outputs else None
     generator = torch.Generator().manual_seed(args.seed)
-    compare = nn.ModuleDict({"memory": nn.Linear(core.hidden_dim, core.hidden_dim),
-                             "view": nn.Linear(policy.encoder.out_dim, core.hidden_dim)}) if args.compare else None
-    extra = [module for module in (readout, compare) if module is not None]
-
-    def head(y: Tensor, features: Tensor) -> Tensor:
-        return y if compare is None else y + compare["memory"](y) * compare["view"](features)
-
-    parameters = [*policy.parameters(), *(p for module in extra for p in module.parameters())]
+    parameters = [*policy.parameters(), *(readout.parameters() if readout is not None else [])]
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
     probe = nn.Linear(core.hidden_dim, NUM_COLOURS)
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3)
@@ -186,7 +177,7 @@ def main() -> None:
         state = policy.initial_state(args.episodes)
         y, features, _ = policy.memory(batch["obs"], batch["prev"], torch.zeros(args.episodes, length), state, resets)
         cue = batch["cue"][:, None].expand(-1, length)[batch["reward_room"]]  # the colour at each reward-room step
-        log_probs = policy.action_head(head(y, features)).log_prob(batch["actions"])
+        log_probs = policy.action_head(y).log_prob(batch["actions"])
         loss = -log_probs[batch["reward_room"]].mean()
         losses.append(loss.item())
         if args.variant == "recall":
@@ -215,7 +206,7 @@ def main() -> None:
             if probe_hits:  # chance: 1/3
                 line += f", cue probe accuracy {np.mean(probe_hits):.3f}"
             if update % args.success_interval == 0:
-                line += f", greedy success {greedy_success(policy, head, env, 64, seed=10**6):.3f}"
+                line += f", greedy success {greedy_success(policy, env, 64, seed=10**6):.3f}"
             print(f"{line} ({time.time() - start:.0f} s)", flush=True)
             losses, recall_losses, probe_hits = [], [], []
 

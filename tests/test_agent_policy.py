@@ -31,12 +31,13 @@ def sample(space: spaces.Space, batch: tuple[int, ...]) -> torch.Tensor:
 
 @pytest.mark.parametrize("observation", OBSERVATIONS)
 @pytest.mark.parametrize("action", ACTIONS)
-def test_step_mode_equals_sequence_mode(observation, action):
+@pytest.mark.parametrize("compare", [False, True])
+def test_step_mode_equals_sequence_mode(observation, action, compare):
     torch.manual_seed(0)
     obs_space, action_space = OBSERVATIONS[observation], ACTIONS[action]
     obs_space.seed(0)
     action_space.seed(0)
-    policy = Policy(obs_space, action_space, build_core("gru", input_dim=16, hidden_dim=16), head_dim=8)
+    policy = Policy(obs_space, action_space, build_core("gru", input_dim=16, hidden_dim=16), head_dim=8, compare=compare)
     batch, steps = 3, 6
     obs = sample(obs_space, (batch, steps))
     actions = sample(action_space, (batch, steps)).to(policy.action_head.action_dtype)

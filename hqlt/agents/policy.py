@@ -2,8 +2,8 @@
 
     obs ──encoder──┐
     prev action ───┤
-    prev reward ───┼─ MLP ─> core (memory) ─┬─ actor head  -> action distribution
-    episode time ──┘                        └─ critic head -> value (PopArt output layer)
+    prev reward ───┼─ MLP ─> core (memory) ─[comparison]─┬─ actor head  -> action distribution
+    episode time ──┘                                      └─ critic head -> value (PopArt output layer)
 
 The previous action and reward are zeroed at the first step of an episode (where `resets` is true),
 so the policy sees the same inputs in step mode (acting) and sequence mode (training). The reward is
@@ -49,11 +49,31 @@ def episode_times(carried: Tensor, resets: Tensor) -> Tensor:
     return torch.where(start >= 0, steps - start, carried[:, None] + steps).float()
 
 
+class ViewComparison(nn.Module):
+    """y + (W_m y) * (W_v x): the core's output y `[B, T, hidden_dim]` with a multiplicative term of y and the
+    current observation's features x `[B, T, feature_dim]` (agent.compare). Whether the remembered cue equals
+    what is in view (Visual Match's doors) is a product of the two, which one such layer can express and the
+    heads' MLP on y alone learns only after a long plateau (benchmarks/RESULTS.md, "comparing the memory with
+    the view")."""
+
+    def __init__(self, hidden_dim: int, feature_dim: int) -> None:
+        super().__init__()
+        # torch's default initialisation, as measured (a product of two orthogonal sqrt(2)-gain maps starts
+        # six times larger)
+        self.memory = nn.Linear(hidden_dim, hidden_dim)
+        self.view = nn.Linear(feature_dim, hidden_dim)
+
+    def forward(self, y: Tensor, features: Tensor) -> Tensor:
+        """y `[B, T, hidden_dim]`, features `[B, T, feature_dim]` -> `[B, T, hidden_dim]`."""
+        return y + self.memory(y) * self.view(features)
+
+
 class Policy(nn.Module):
     """Actor-critic around any memory core; the core's `input_dim` is the width of the mixed inputs."""
 
     def __init__(
-        self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64
+        self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
+        compare: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder(describe_space(observation_space))
@@ -66,6 +86,7 @@ class Policy(nn.Module):
             nn.ReLU(),
         )
         self.core = core
+        self.comparison = ViewComparison(core.hidden_dim, self.encoder.out_dim) if compare else None
         self.critic = nn.Sequential(
             init_layer(nn.Linear(core.hidden_dim, head_dim)),
             nn.Tanh(),
@@ -113,8 +134,9 @@ class Policy(nn.Module):
         self.reward_scale.update(rewards)
 
     def trunk_parameters(self) -> list[nn.Parameter]:
-        """The parameters both heads depend on: encoder, input mix and core."""
-        return [*self.encoder.parameters(), *self.mix.parameters(), *self.core.parameters()]
+        """The parameters both heads depend on: encoder, input mix, core and the comparison."""
+        comparison = [] if self.comparison is None else list(self.comparison.parameters())
+        return [*self.encoder.parameters(), *self.mix.parameters(), *self.core.parameters(), *comparison]
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """The state of `batch_size` fresh episodes: the core's entries and EPISODE_TIME `[batch_size]`."""
@@ -135,8 +157,8 @@ class Policy(nn.Module):
     def memory(
         self, obs: Tensor, prev_actions: Tensor, prev_rewards: Tensor, state: State, resets: Tensor, in_place: bool = False
     ) -> tuple[Tensor, Tensor, State]:
-        """The core's output `[B, T, hidden_dim]` that both heads read, the encoder's features
-        `[B, T, encoder.out_dim]` and the next state (as `forward`)."""
+        """What both heads read `[B, T, hidden_dim]` (the core's output, through the ViewComparison with
+        agent.compare), the encoder's features `[B, T, encoder.out_dim]` and the next state (as `forward`)."""
         batch, steps = resets.shape
         features = self.encoder(obs.flatten(0, 1)).view(batch, steps, -1)
         carried = (~resets).unsqueeze(-1).float()
@@ -149,6 +171,8 @@ class Policy(nn.Module):
         )
         core_state = {name: value for name, value in state.items() if name != EPISODE_TIME}
         y, core_state = self.core(self.mix(inputs), core_state, resets, in_place=in_place)
+        if self.comparison is not None:
+            y = self.comparison(y, features)
         next_time = times[:, -1] + 1
         if in_place:
             next_time = state[EPISODE_TIME].copy_(next_time)
@@ -210,11 +234,12 @@ class QPolicy(Policy):
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
-        temperature: float = 0.4, temperature_alpha: float = 7.0, epsilon: float = 0.4, final_steps: int = 1,
+        compare: bool = False, temperature: float = 0.4, temperature_alpha: float = 7.0, epsilon: float = 0.4,
+        final_steps: int = 1,
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
-        super().__init__(observation_space, action_space, core, head_dim)
+        super().__init__(observation_space, action_space, core, head_dim, compare)
         # V starts near 0 at every state, as the advantages start near 0: every Q-value bootstraps from
         # the one next to it, so an initial V that varies by state (about +-1 with the critic's usual
         # unit gain, more than a whole episode's penalties on T-Maze) is copied along the corridor and
@@ -279,6 +304,6 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     memory, agent = cfg.memory, cfg.agent
     core = build_core(memory.core, input_dim=agent.encoder_dim, hidden_dim=memory.hidden_dim, **memory.options)
     if isinstance(agent, DQNConfig):
-        return QPolicy(observation_space, action_space, core, agent.head_dim, agent.temperature,
+        return QPolicy(observation_space, action_space, core, agent.head_dim, agent.compare, agent.temperature,
                        agent.temperature_alpha, agent.epsilon, agent.final_steps)
-    return Policy(observation_space, action_space, core, agent.head_dim)
+    return Policy(observation_space, action_space, core, agent.head_dim, agent.compare)

@@ -518,6 +518,7 @@ class Trainer:
             "total_steps": cfg.total_steps,
             **self._agent_hparams(),
             "learning_rate": cfg.agent.learning_rate,
+            "compare": cfg.agent.compare,
             **{f"memory.{name}": hparam_value(value) for name, value in options.items()},
         }
         final_metrics = {metrics.FINAL_RETURN: final["return"], metrics.FINAL_SUCCESS: final["success"]}

@@ -100,6 +100,9 @@ class PPOConfig:
     encoder_dim: int = 64
     # Width of the hidden layer of the actor and critic heads.
     head_dim: int = 64
+    # The heads read y + (W_m y) * (W_v x), y the core's output and x the current observation's features: a
+    # multiplicative term that compares what the memory holds with what is in view (Policy, ViewComparison).
+    compare: bool = False
 
 
 @dataclass
@@ -140,6 +143,7 @@ class ImpalaConfig:
     max_grad_norm: float = 0.5
     encoder_dim: int = 64
     head_dim: int = 64
+    compare: bool = False
 
 
 @dataclass
@@ -194,6 +198,7 @@ class SACConfig(ReplayConfig):
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
     head_dim: int = 64
+    compare: bool = False
 
 
 @dataclass
@@ -224,6 +229,7 @@ class DQNConfig(ReplayConfig):
     max_grad_norm: float = 10.0
     encoder_dim: int = 64
     head_dim: int = 64
+    compare: bool = False
 
 
 # agent.name -> the agent's schema.
