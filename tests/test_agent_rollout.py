@@ -182,3 +182,40 @@ def test_batched_capture_protocol_collects_the_same_rollout(memory):
     for name in reference.states:
         torch.testing.assert_close(rollout.states[name], reference.states[name], msg=f"states[{name!r}]")
     assert episodes == reference_episodes
+
+
+@pytest.mark.parametrize("vectorization", ["batched", "gymnasium"])
+def test_aligned_rollouts_start_every_row_with_a_new_episode(vectorization):
+    """align_episodes: an episode running at a rollout's end is truncated at its last step, bootstrapped
+    from the value after it and left unreported; the next rollout starts a new episode in every row (the
+    batched env's next ones, not its first ones again)."""
+    torch.manual_seed(0)
+    core = build_core("gru", input_dim=16, hidden_dim=16)
+    if vectorization == "batched":
+        envs = make_batched("hqlt/TMazeActive-v0", NUM_ENVS, seed=0, corridor_length=2, max_episode_steps=4)
+    else:
+        envs = make_vector(ENV_ID, NUM_ENVS, 0, max_episode_steps=TIME_LIMIT)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, core, head_dim=16)
+    rollout_length = 3  # shorter than most episodes, so that rows end mid-episode
+    collector = Collector(policy, envs, torch.device("cpu"), rollout_length, rollout_length, align_episodes=True)
+    collector.restart(0)
+    first, _ = collector.collect()
+    if vectorization == "batched":
+        started = envs.episode.clone()
+    truncate = collector._truncate_running_episodes
+    running = {}
+
+    def spy(rollout):
+        running["rows"] = ~collector.resets  # the rows whose episode the rollout's end cuts
+        truncate(rollout)
+
+    collector._truncate_running_episodes = spy
+    rollout, episodes = collector.collect()
+    cut = running["rows"]
+    assert rollout.resets[:, 0].all() and first.resets[:, 0].all() and collector.resets.all()
+    if vectorization == "batched":
+        assert (started > 0).all() and (envs.episode > started).all()
+    assert cut.any(), "some episode must be cut by the rollout's end"
+    assert rollout.truncated[cut, -1].all()
+    torch.testing.assert_close(rollout.final_values[cut, -1], rollout.next_values[cut])
+    assert len(episodes.returns) == int((rollout.terminated | rollout.truncated).sum() - cut.sum())

@@ -202,11 +202,16 @@ class Collector:
     copied (its actions, log-probs and values, and the states stored at sequence starts). Without
     `capture` each step returns a new state. A captured step reads the policy's parameters where they
     lie: update them in place (as optimisers and `load_state_dict` do), never replace them.
+
+    `align_episodes` starts a new episode in every env after each rollout: an episode still running at
+    the rollout's end is truncated at its last step (bootstrapped from the value after it, as a time
+    limit is) and left unreported, so that every episode that fits in a rollout lies whole in one row,
+    with the gradient from its end to its start (the stored states at row starts are detached).
     """
 
     def __init__(
         self, policy: Policy, envs: VectorEnv | BatchedEnv, device: torch.device, rollout_length: int,
-        sequence_length: int, capture: bool | None = None,
+        sequence_length: int, capture: bool | None = None, align_episodes: bool = False,
     ) -> None:
         self.policy = policy
         self.envs = envs
@@ -218,6 +223,7 @@ class Collector:
         if self.batched and envs.device.type != device.type:
             raise ValueError(f"the batched env lives on {envs.device}, the collector on {device}: make it on {device}")
         self.capture = device.type == "cuda" if capture is None else capture
+        self.align_episodes = align_episodes
         self._captured_steps: dict[bool, CapturedStep] = {}
 
     def restart(self, seed: int | None) -> None:
@@ -344,9 +350,20 @@ class Collector:
             next_values=next_values,
             states={name: torch.stack([state[name] for state in states], dim=1) for name in self.state},
         )
+        if self.align_episodes:
+            self._truncate_running_episodes(rollout)
         episodes = EpisodeStats([], [], [])
         if self.batched:
             episode_infos = [pytree.tree_map(lambda *per_step: torch.stack(per_step), *episode_infos)]
         for info in episode_infos:
             episodes.extend(info)
         return rollout, episodes
+
+    def _truncate_running_episodes(self, rollout: Rollout) -> None:
+        """align_episodes: the episodes running after `rollout`'s last step end there, truncated (in the
+        rollout's flags, bootstrapped from `next_values`), and every env starts its next episode."""
+        running = ~self.resets
+        rollout.truncated[:, -1] |= running
+        rollout.final_values[:, -1] = torch.where(running, rollout.next_values, rollout.final_values[:, -1])
+        obs = self.envs.next_episodes() if self.batched else to_device([self.envs.reset()[0]], self.device)[0]
+        self.obs, self.resets = obs, torch.ones_like(self.resets)

@@ -387,7 +387,8 @@ class Trainer:
         cfg, agent = self.cfg, self.cfg.agent
         self.envs = make_envs(cfg.env.id, agent.num_envs, self.seed, **env_options(cfg, self.device))
         sequence_length = agent.sequence_length or agent.rollout_length
-        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture)
+        self.collector = Collector(self.policy, self.envs, self.device, agent.rollout_length, sequence_length, cfg.capture,
+                                   agent.align_episodes)
         self.steps_per_update = agent.num_envs * agent.rollout_length * distributed.world_size()
 
     def _start_experience(self, seed: int, saved: dict[str, Any] | None) -> None:

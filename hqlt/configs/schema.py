@@ -67,6 +67,12 @@ class PPOConfig:
     rollout_length: int = 128
     # Training sequence length; 0 trains on whole rollouts. Must divide rollout_length.
     sequence_length: int = 0
+    # Every env starts a new episode at each rollout's start; the episodes still running at a rollout's end
+    # are truncated there (bootstrapped). Then every episode no longer than rollout_length lies whole in
+    # one training row: the gradient from its decision reaches its cue, and the recall objective pairs its
+    # first step (stored states at row starts are detached). Costs the truncated tails' steps; an episode
+    # longer than rollout_length never ends.
+    align_episodes: bool = False
     num_minibatches: int = 4
     update_epochs: int = 4
     learning_rate: float = 3e-4
@@ -157,6 +163,8 @@ class ReplayConfig:
     rollout_length: int = 64
     # Training sequence length; 0: rollout_length. Must divide rollout_length.
     sequence_length: int = 0
+    # Episodes aligned with rollouts (PPOConfig.align_episodes).
+    align_episodes: bool = False
     # Training sequences the replay buffer keeps (the oldest are overwritten); at least one collection's.
     replay_size: int = 2048
     # Sequences per gradient step.

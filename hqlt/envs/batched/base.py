@@ -226,6 +226,16 @@ class BatchedEnv(ABC):
             self._start(done, self._episode_parameters())
         return self._observe(), reward, terminated, truncated, info
 
+    def next_episodes(self) -> Tensor:
+        """Leaves every row's episode unreported (the caller treats it as truncated) and starts the row's next
+        one, as autoreset does: the episode counters move on, so no episode repeats. Returns the first
+        observations `[N, *obs_shape]`."""
+        self.episode += 1
+        self.elapsed.zero_()
+        self.episode_return.zero_()
+        self._start(self._all_rows, self._episode_parameters())
+        return self._observe()
+
     def snapshot(self) -> dict[str, Tensor]:
         """Copies of every state tensor; `restore` puts them back in place."""
         return {name: value.clone() for name, value in self.state_tensors().items()}
