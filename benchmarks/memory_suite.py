@@ -102,7 +102,8 @@ SUITES = {
                                 "agent.rollout_length=128", *DQN_SIZES, "agent.updates_per_collect=16"],
             "visual_match_100": ["agent=dqn", "env=visual_match", "env.kwargs.distractor_steps=100", "agent.num_envs=128",
                                  "agent.rollout_length=256", *DQN_SIZES, "agent.updates_per_collect=16"],
-            # the fourth probe's sizes (RESULTS): 64 envs x 1024 steps, 16 sequences per step, 16 replays per step
+            # the fourth probe's replay sizes (RESULTS; its rows were 1024 steps, the preset's aligned rollouts now 780):
+            # 16 sequences per gradient step, 64 gradient steps per collection of 64 rows
             "visual_match_750": ["agent=dqn", "experiment=visual_match_750", "agent.batch_size=16", "agent.replay_size=512",
                                  "agent.learning_starts=200000", "agent.updates_per_collect=64"],
             "tmaze_passive_100": ["agent=dqn", "env=tmaze_passive", "env.kwargs.corridor_length=100", "agent.num_envs=512",
