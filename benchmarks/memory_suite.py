@@ -60,8 +60,10 @@ PRESET_CORES = {core: [f"memory={core}"] for core in ("hqlt", "transformer", "de
 # agent=dqn's replay sizes on the GPU probes (dqn_probe).
 DQN_SIZES = ["agent.batch_size=64", "agent.replay_size=4096", "agent.learning_starts=50000"]
 # The probes' tasks take the config's default total_steps (150k) otherwise; with the learning issue's budget
-# a probe runs until --time-limit stops it (and --resume continues it).
-PROBE_DEFAULTS = ["total_steps=20000000"]
+# a probe runs until --time-limit stops it (and --resume continues it). Their evaluations run all 32
+# episodes at once (the config's 8 envs would step a T-Maze 1000 evaluation as 4 x 1,001 sequential steps),
+# every 500k steps.
+PROBE_DEFAULTS = ["total_steps=20000000", "eval.num_envs=32", "eval.interval=500000"]
 SUITES = {
     "visual_match_750": {"tasks": {"visual_match_750": ["experiment=visual_match_750"]}, "cores": PAPER_CORES},
     "tmaze_passive_1000": {
