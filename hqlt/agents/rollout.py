@@ -228,13 +228,16 @@ class Collector:
 
     def restart(self, seed: int | None) -> None:
         """Starts fresh episodes in every env (seeded) and a fresh carry."""
-        obs, _ = self.envs.reset(seed=seed)
         head = self.policy.action_head
-        self.obs = obs if self.batched else to_device([obs], self.device)[0]
+        self.obs = self._on_device(self.envs.reset(seed=seed)[0])
         self.resets = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self.prev_action = torch.zeros(self.num_envs, *head.action_shape, dtype=head.action_dtype, device=self.device)
         self.prev_reward = torch.zeros(self.num_envs, device=self.device)
         self.state = self.policy.initial_state(self.num_envs, device=self.device)
+
+    def _on_device(self, obs: np.ndarray | Tensor) -> Tensor:
+        """Observations from `envs` `[N, *obs_shape]` on the collector's device (a batched env's already are)."""
+        return obs if self.batched else to_device([obs], self.device)[0]
 
     def step(self, greedy: bool = False) -> Transition:
         """One env step for all envs from the carry; advances the carry."""
@@ -365,5 +368,5 @@ class Collector:
         running = ~self.resets
         rollout.truncated[:, -1] |= running
         rollout.final_values[:, -1] = torch.where(running, rollout.next_values, rollout.final_values[:, -1])
-        obs = self.envs.next_episodes() if self.batched else to_device([self.envs.reset()[0]], self.device)[0]
-        self.obs, self.resets = obs, torch.ones_like(self.resets)
+        self.obs = self.envs.next_episodes() if self.batched else self._on_device(self.envs.reset()[0])
+        self.resets = torch.ones_like(self.resets)

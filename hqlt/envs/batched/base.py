@@ -187,10 +187,7 @@ class BatchedEnv(ABC):
             self.seed = int(seed)
             self.row_keys.copy_(hash_bits(self.seed, self.rows))
         self.episode.zero_()
-        self.elapsed.zero_()
-        self.episode_return.zero_()
-        self._start(self._all_rows, self._episode_parameters())
-        return self._observe(), {}
+        return self._start_every_row(), {}
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
         reward, terminated, success = self._advance(self._check_actions(actions))
@@ -231,10 +228,7 @@ class BatchedEnv(ABC):
         one, as autoreset does: the episode counters move on, so no episode repeats. Returns the first
         observations `[N, *obs_shape]`."""
         self.episode += 1
-        self.elapsed.zero_()
-        self.episode_return.zero_()
-        self._start(self._all_rows, self._episode_parameters())
-        return self._observe()
+        return self._start_every_row()
 
     def snapshot(self) -> dict[str, Tensor]:
         """Copies of every state tensor; `restore` puts them back in place."""
@@ -248,6 +242,13 @@ class BatchedEnv(ABC):
         """Nothing to release (gymnasium's vector-env API)."""
 
     # ------------------------------------------------------------------ helpers
+
+    def _start_every_row(self) -> Tensor:
+        """Starts the episode `self.episode` names in every row; returns the observations."""
+        self.elapsed.zero_()
+        self.episode_return.zero_()
+        self._start(self._all_rows, self._episode_parameters())
+        return self._observe()
 
     def _episode_parameters(self) -> dict[str, Tensor]:
         return self.draw_episodes() if self.episode_source is None else self.episode_source(self)
