@@ -6,7 +6,9 @@
 # they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under RUNS (default runs/) into
 # $OUT/runs.tar.gz (checkpoints left out). With CHECKPOINTS=1, each run's newest checkpoint also goes into
 # $OUT/checkpoints.tar.gz (same paths under RUNS), so that a later session can carry it back and resume the
-# run (`memory_suite.py --resume`) on a fresh machine.
+# run (`memory_suite.py --resume`) on a fresh machine. A tarball over 15 MiB (the largest file that comes back
+# is 16 MiB) comes back in parts, checkpoints.tar.gz.00, .01, ...: `cat checkpoints.tar.gz.* > checkpoints.tar.gz`.
+# Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 7.5 MB.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_run}
 WHEELS=${WHEELS:-.whl}
@@ -36,5 +38,8 @@ if [ "${CHECKPOINTS:-0}" = 1 ] && [ -d "$RUNS" ]; then
     newest=$(for dir in $(find "$RUNS" -type d -name checkpoints); do ls -1 "$dir"/step*.pt 2>/dev/null | sort | tail -n 1; done)
     [ -n "$newest" ] && tar -czf "$OUT/checkpoints.tar.gz" -C "$(dirname "$RUNS")" \
         $(for path in $newest; do realpath --relative-to="$(dirname "$RUNS")" "$path"; done)
+    if [ -f "$OUT/checkpoints.tar.gz" ] && [ "$(stat -c %s "$OUT/checkpoints.tar.gz")" -gt $((15 * 1024 * 1024)) ]; then
+        split -b 15M -d "$OUT/checkpoints.tar.gz" "$OUT/checkpoints.tar.gz." && rm "$OUT/checkpoints.tar.gz"
+    fi
 fi
 ls -la "$OUT"

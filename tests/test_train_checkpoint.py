@@ -108,6 +108,24 @@ def test_resume_continues_the_counter_and_matches_an_uninterrupted_run(tmp_path,
     assert [e.step for e in events.Scalars(metrics.SPS)] == [3 * STEPS_PER_UPDATE, 4 * STEPS_PER_UPDATE]
 
 
+@pytest.mark.parametrize("memory", [["memory=lstm"], ["memory=hqlt", "memory.options.num_heads=2", "memory.options.window=4"]])
+def test_aligned_checkpoints_leave_out_the_memory_state_and_resume_exactly(tmp_path, memory):
+    """After an aligned rollout every row starts a new episode, so the memory state is not saved; resuming
+    from such a checkpoint still matches the uninterrupted run."""
+    extra = [*memory, "agent.align_episodes=true"]
+    train(tiny_config(tmp_path / "full", *extra))
+    (full_run,) = sorted((tmp_path / "full" / "runs" / "tmaze_passive_3").glob("*/*"))
+    halfway = load_checkpoint(checkpoint_path(full_run, 2))
+    assert halfway["collector"]["state"] is None
+    assert halfway["collector"]["resets"].all()
+
+    resumed_run = tmp_path / "resumed" / "run"
+    copy = resume_copy(checkpoint_path(full_run, 2), resumed_run)
+    train(tiny_config(tmp_path / "resumed", *extra, f"resume={copy}"))
+    final = load_checkpoint(checkpoint_path(full_run, 4))
+    assert_same_parameters(load_checkpoint(checkpoint_path(resumed_run, 4))["model"], final["model"])
+
+
 def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     """The checkpoint of an interrupted run holds the envs' episodes and the carry: resuming it
     continues exactly, wherever the run stopped."""

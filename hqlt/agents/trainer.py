@@ -149,12 +149,16 @@ class LearningRateSchedule:
 def collector_state(collector: Collector) -> dict[str, Any] | None:
     """What continues the collector's episodes exactly: its carry and the batched env's state tensors.
 
-    None for gymnasium vector envs, whose state cannot be saved.
+    None for gymnasium vector envs, whose state cannot be saved. The memory state is left out (None)
+    when every row's next step resets it, as after each aligned rollout: then it is dead weight (the
+    KV window of a full-context transformer is hundreds of MB), and checkpoints stay small enough to
+    carry between machines.
     """
     if not collector.batched:
         return None
     carry = {name: getattr(collector, name) for name in CARRY}
-    return {**carry, "state": dict(collector.state), "envs": collector.envs.snapshot()}
+    state = None if bool(collector.resets.all()) else dict(collector.state)
+    return {**carry, "state": state, "envs": collector.envs.snapshot()}
 
 
 def restore_collector(collector: Collector, saved: dict[str, Any]) -> None:
@@ -162,7 +166,10 @@ def restore_collector(collector: Collector, saved: dict[str, Any]) -> None:
     device = collector.device
     for name in CARRY:
         setattr(collector, name, saved[name].to(device))
-    collector.state = {name: value.to(device) for name, value in saved["state"].items()}
+    if saved["state"] is None:
+        collector.state = collector.policy.initial_state(collector.num_envs, device=device)
+    else:
+        collector.state = {name: value.to(device) for name, value in saved["state"].items()}
     collector.envs.restore(saved["envs"])  # in place: a CUDA graph over the env step reads these tensors
 
 
