@@ -180,11 +180,11 @@ def linear_attention_chunkwise(
 
 
 def rotary(x: Tensor, positions: Tensor, base: float = ROPE_BASE) -> Tensor:
-    """RoPE (rotate-half form) of x `[B, L, H, d]` at integer `positions [L]`."""
+    """RoPE (rotate-half form) of x `[B, L, H, d]` at integer `positions`, `[L]` or per row `[B, L]`."""
     half = x.shape[-1] // 2
     inv_freq = base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
-    angles = positions.to(x.dtype)[:, None] * inv_freq[None, :]  # [L, d/2]
-    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+    angles = positions.to(x.dtype)[..., None] * inv_freq  # [(B,) L, d/2]
+    cos, sin = angles.cos().unsqueeze(-2), angles.sin().unsqueeze(-2)  # broadcast over heads
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 

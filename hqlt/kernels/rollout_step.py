@@ -48,20 +48,39 @@ def synchronous_hqlt_step(
     q, k, v, gate: `[B, 1, H, d]`; beta: `[B, 1, H]`; resets: bool `[B, 1]`; fw_state: `[B, H, d, d]` fp32;
     kv_keys, kv_values: `[B, S, H, d]` ring (slot order); kv_valid: bool `[B, S]`; kv_write: int64 `[B]`
     (both read only). Returns o = gate * o_FW + (1 - gate) * o_KV `[B, 1, H, d]` and `fw_state`.
+
+    The step works on the ring in slot order (no gather into time order): the sequence op's positions
+    are recovered per slot, the cache's oldest entry at 0 and the query at S.
     """
     check_step_inputs(q, kv_keys, kv_write, window)
+    dtype = reference._compute_dtype(q)
     batch, slots = kv_valid.shape
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    keep = ~resets[:, 0]
+    q_t, k_t, v_t = (x[:, 0].to(dtype) for x in (q, k, v))  # [B, H, d]
+
+    # FW-memory: the delta rule's step (clear on reset, write, then read).
+    qf, kf = reference.deltanet_feature_map(q_t), reference.deltanet_feature_map(k_t)
+    fw_state.mul_(keep[:, None, None, None])
+    prediction = (kf.unsqueeze(-2) @ fw_state).squeeze(-2)
+    fw_state.add_(kf.unsqueeze(-1) * (beta[:, 0, :, None].to(dtype) * (v_t - prediction)).unsqueeze(-2))
+    o_fw = (qf.unsqueeze(-2) @ fw_state).squeeze(-2) * scale
+
+    # KV-memory: write the new pair, then attend over the slots at ring distance < window of this episode.
     rows = torch.arange(batch, device=q.device)
-    chronological = (kv_write[:, None] + torch.arange(slots, device=q.device)) % slots
-    o, new_fw = reference.synchronous_hqlt(
-        q, k, v, beta, gate, resets, fw_state,
-        kv_keys[rows[:, None], chronological], kv_values[rows[:, None], chronological],
-        kv_valid[rows[:, None], chronological], window, scale,
-    )
-    fw_state.copy_(new_fw)
     kv_keys[rows, kv_write] = k[:, 0]
     kv_values[rows, kv_write] = v[:, 0]
-    return o, fw_state
+    distance = (kv_write[:, None] - torch.arange(slots, device=q.device)) % slots  # [B, S]; the new pair: 0
+    allowed = (distance < window) & ((kv_valid & keep[:, None]) | (distance == 0))
+    query_position = torch.full((1,), slots, device=q.device)
+    qr = reference.rotary(q_t.unsqueeze(1), query_position)  # [B, 1, H, d]
+    kr = reference.rotary(kv_keys.to(dtype), slots - distance)  # [B, S, H, d]
+    scores = (kr * qr).sum(-1).mul_(scale).masked_fill_(~allowed[..., None], float("-inf"))  # [B, S, H]
+    o_kv = (torch.softmax(scores, dim=1).unsqueeze(-1) * kv_values.to(dtype)).sum(1)
+
+    gate_t = gate[:, 0].to(dtype)
+    o = gate_t * o_fw + (1 - gate_t) * o_kv
+    return o.unsqueeze(1).to(v.dtype), fw_state
 
 
 def advance_ring(kv_valid: Tensor, kv_write: Tensor, resets: Tensor) -> None:
