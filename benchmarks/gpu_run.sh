@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Several benchmark commands side by side on one GPU machine, in one device call.
 #   bash benchmarks/gpu_run.sh "COMMAND" ["COMMAND" ...]
-# Installs the carried wheels (WHEELS, default .whl) into /tmp/site, runs every COMMAND at once from
+# Installs the carried wheels (every *.whl in the folders WHEELS names that exist, default ".whl .whl-minigrid":
+# carry .whl-minigrid (pygame, 14 MB) only for runs that make MiniGrid envs) into /tmp/site, runs every COMMAND at once from
 # the repo root (each one's output in $OUT/logs.tar.gz as <k>.log), waits for all, then packs what
 # they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under RUNS (default runs/) into
 # $OUT/runs.tar.gz (checkpoints left out). With CHECKPOINTS=1, each run's newest checkpoint also goes into
 # $OUT/checkpoints.tar.gz (same paths under RUNS), so that a later session can carry it back and resume the
 # run (`memory_suite.py --resume`) on a fresh machine. A tarball over 15 MiB (the largest file that comes back
 # is 16 MiB) comes back in parts, checkpoints.tar.gz.00, .01, ...: `cat checkpoints.tar.gz.* > checkpoints.tar.gz`.
-# Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 7.5 MB.
+# Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 7.5 MB. To resume
+# on a fresh machine, put the returned runs.tar.gz and the joined checkpoints.tar.gz in .resume/ (ignored by git),
+# carry it, and start the command with `tar xzf .resume/runs.tar.gz -C /tmp && tar xzf .resume/checkpoints.tar.gz -C /tmp`
+# (with RUNS=/tmp/r), then `memory_suite.py ... --resume --log-dir /tmp/r/<suite dir>`.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_run}
-WHEELS=${WHEELS:-.whl}
+WHEELS=${WHEELS:-.whl .whl-minigrid}
 RUNS=${RUNS:-runs}  # where the commands write their runs (outside a carried folder, to outlive the next call)
 mkdir -p "$OUT" logs
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+wheels=$(for dir in $WHEELS; do [ -d "$dir" ] && ls "$dir"/*.whl; done)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
     >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; cat "$OUT/pip.log"; exit 1; }
 export PYTHONPATH=".:/tmp/site"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -1,5 +1,8 @@
 """The environment contract: make/make_vector over every id, SAME_STEP autoreset, spaces, wrappers, errors."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -318,3 +321,15 @@ def test_wrappers_reject_observations_they_cannot_handle():
 def test_make_vector_rejects_bad_num_envs():
     with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
         hqlt.envs.make_vector("CartPole-v1", 0, seed=0)
+
+
+def test_minigrid_and_pygame_are_imported_only_for_minigrid_ids():
+    """Runs without MiniGrid need no pygame (the GPU machine's wheels leave it out unless carried)."""
+    code = (
+        "import sys, hqlt.agents, hqlt.envs\n"
+        "hqlt.envs.make('hqlt/TMazePassive-v0')\n"
+        "assert 'minigrid' not in sys.modules and 'pygame' not in sys.modules\n"
+        "hqlt.envs.make('MiniGrid-MemoryS7-v0')\n"
+        "assert 'minigrid' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

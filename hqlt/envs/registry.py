@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any, Callable
 
 import gymnasium as gym
-import minigrid  # noqa: F401  (registers the MiniGrid ids)
 import popgym  # noqa: F401  (registers the popgym-<Name><Level>-v0 ids)
 from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
 from gymnasium.envs.registration import EnvSpec, load_env_creator
@@ -68,6 +67,9 @@ class Family:
     ids: tuple[str, ...]
     defines_success: bool  # the env reports info["success"]; else episode success is nan
     adapter: Callable[[gym.Env], gym.Env] | None = None  # applied right after gym.make
+    # the module that registers the ids with gymnasium, imported when one is first made (MiniGrid's
+    # imports pygame, which runs without MiniGrid need not install)
+    registers: str | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -79,6 +81,7 @@ FAMILIES: tuple[Family, ...] = (
         tuple(f"MiniGrid-Memory{size}-v0" for size in ("S7", "S9", "S11", "S13", "S13Random", "S17Random")),
         defines_success=True,
         adapter=MiniGridView,
+        registers="minigrid",
     ),
     Family("classic", ("CartPole-v1", "Pendulum-v1"), defines_success=False),
 )
@@ -111,8 +114,12 @@ def user_env_spec(env_id: str) -> EnvSpec:
 
 
 def _family(env_id: str) -> Family:
+    """The family of a known or `module:EnvId` id, its ids registered with gymnasium; ValueError otherwise."""
     if env_id in _FAMILY_OF:
-        return _FAMILY_OF[env_id]
+        family = _FAMILY_OF[env_id]
+        if family.registers:
+            importlib.import_module(family.registers)
+        return family
     if is_user_env_id(str(env_id)):
         user_env_spec(env_id)
         return USER_FAMILY
