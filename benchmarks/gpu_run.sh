@@ -9,9 +9,10 @@
 # $OUT/checkpoints.tar.gz (same paths under RUNS), so that a later session can carry it back and resume the
 # run (`memory_suite.py --resume`) on a fresh machine. A tarball over 15 MiB (the largest file that comes back
 # is 16 MiB) comes back in parts, checkpoints.tar.gz.00, .01, ...: `cat checkpoints.tar.gz.* > checkpoints.tar.gz`.
-# Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 11 MB (10 MB compressed), so about 5 of them fit beside the repo and the wheels in a call's 64 MiB. To resume
-# on a fresh machine, put the returned runs.tar.gz and the joined checkpoints.tar.gz in .resume/ (ignored by git),
-# carry it, and start the command with `tar xzf .resume/runs.tar.gz -C /tmp && tar xzf .resume/checkpoints.tar.gz -C /tmp`
+# Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 11 MB (10 MB
+# compressed), so about 5 of them fit beside the repo and the wheels in a call's 64 MiB. To resume on a fresh
+# machine, put the returned runs.tar.gz and the joined checkpoints.tar.gz in .resume/ (ignored by git), carry it,
+# and start the command with `tar xzf .resume/runs.tar.gz -C /tmp && tar xzf .resume/checkpoints.tar.gz -C /tmp`
 # (with RUNS=/tmp/r), then `memory_suite.py ... --resume --log-dir /tmp/r/<suite dir>`.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_run}
