@@ -24,7 +24,7 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from hqlt.agents.policy import Policy
+from hqlt.agents.policy import EPISODE_TIME, Policy
 from hqlt.envs import BatchedEnv
 from hqlt.envs.wrappers import EPISODE_LENGTH, EPISODE_RETURN, EPISODE_SUCCESS
 from hqlt.kernels.cuda_graph import CapturedStep
@@ -364,9 +364,13 @@ class Collector:
 
     def _truncate_running_episodes(self, rollout: Rollout) -> None:
         """align_episodes: the episodes running after `rollout`'s last step end there, truncated (in the
-        rollout's flags, bootstrapped from `next_values`), and every env starts its next episode."""
+        rollout's flags, bootstrapped from `next_values`), and every env starts its next episode with the
+        initial memory state (which the next step's resets would clear anyway; the episode times stay, for
+        QPolicy's episode lengths)."""
         running = ~self.resets
         rollout.truncated[:, -1] |= running
         rollout.final_values[:, -1] = torch.where(running, rollout.next_values, rollout.final_values[:, -1])
         self.obs = self.envs.next_episodes() if self.batched else self._on_device(self.envs.reset()[0])
         self.resets = torch.ones_like(self.resets)
+        fresh = self.policy.initial_state(self.num_envs, device=self.device)
+        self.state = {**fresh, EPISODE_TIME: self.state[EPISODE_TIME]}

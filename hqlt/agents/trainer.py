@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from hqlt.agents import distributed, metrics
 from hqlt.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from hqlt.agents.policy import Policy, build_policy
+from hqlt.agents.policy import EPISODE_TIME, Policy, build_policy
 from hqlt.agents.ppo import NonFiniteLossError, ppo_update
 from hqlt.agents.rollout import Collector, EpisodeStats, Rollout, training_sequences
 from hqlt.configs.schema import ConfigError, DQNConfig, ImpalaConfig, PPOConfig, SACConfig, TrainConfig, validate
@@ -149,15 +149,15 @@ class LearningRateSchedule:
 def collector_state(collector: Collector) -> dict[str, Any] | None:
     """What continues the collector's episodes exactly: its carry and the batched env's state tensors.
 
-    None for gymnasium vector envs, whose state cannot be saved. The memory state is left out (None)
-    when every row's next step resets it, as after each aligned rollout: then it is dead weight (the
-    KV window of a full-context transformer is hundreds of MB), and checkpoints stay small enough to
-    carry between machines.
+    None for gymnasium vector envs, whose state cannot be saved. After an aligned rollout the core's state
+    is the initial one (`Collector`), so only the episode times are kept (QPolicy reads the ended episodes'
+    lengths from them): a full-context transformer's KV window is hundreds of MB, and checkpoints stay
+    small enough to carry between machines.
     """
     if not collector.batched:
         return None
     carry = {name: getattr(collector, name) for name in CARRY}
-    state = None if bool(collector.resets.all()) else dict(collector.state)
+    state = {EPISODE_TIME: collector.state[EPISODE_TIME]} if collector.align_episodes else dict(collector.state)
     return {**carry, "state": state, "envs": collector.envs.snapshot()}
 
 
@@ -166,10 +166,8 @@ def restore_collector(collector: Collector, saved: dict[str, Any]) -> None:
     device = collector.device
     for name in CARRY:
         setattr(collector, name, saved[name].to(device))
-    if saved["state"] is None:
-        collector.state = collector.policy.initial_state(collector.num_envs, device=device)
-    else:
-        collector.state = {name: value.to(device) for name, value in saved["state"].items()}
+    saved_state = {name: value.to(device) for name, value in saved["state"].items()}
+    collector.state = {**collector.policy.initial_state(collector.num_envs, device=device), **saved_state}
     collector.envs.restore(saved["envs"])  # in place: a CUDA graph over the env step reads these tensors
 
 
