@@ -213,7 +213,7 @@ def oracle_core(core, x, resets):
         heads_shape = (batch, steps, mixer.num_heads, mixer.head_dim)
         q, k, v, beta, gate = mixer.in_proj(norm(h)).split(mixer.split_sizes, dim=-1)
         q, k, v = q.view(heads_shape), k.view(heads_shape), F.silu(v).view(heads_shape)
-        beta, gate = mixer.beta_scale * torch.sigmoid(beta), torch.sigmoid(gate)
+        beta, gate = mixer.beta_scale * torch.sigmoid(beta), torch.sigmoid(gate + mixer.gate_offset)
         o_fw, o_kv = oracle_memories(mixer, q, k, v, beta, resets)
         if o_fw is None or o_kv is None:
             o = o_kv if o_fw is None else o_fw
@@ -347,6 +347,25 @@ def test_hidden_dim_not_divisible_by_heads_fails():
 def test_odd_head_dim_fails_for_rope():
     with pytest.raises(ValueError, match="head dim hidden_dim / num_heads = 3 is odd; RoPE needs an even head dim"):
         build_core("transformer", input_dim=3, hidden_dim=6, num_heads=2)
+
+
+@pytest.mark.parametrize("mixer", ["dynamic_vector", "dynamic_scalar"])
+@pytest.mark.parametrize("gate_bias", [2.0, 0.0, -1.0])
+def test_the_mixing_gate_starts_at_sigmoid_of_gate_bias_on_the_fw_memory(mixer, gate_bias):
+    core = build_core("hqlt", input_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM, **ATTENTION, mixer=mixer, gate_bias=gate_bias)
+    with torch.no_grad():
+        for layer in core.mixers:  # gate logits = offset alone
+            layer.in_proj.weight[-layer.split_sizes[-1]:] = 0.0
+    core.record_diagnostics = True
+    generator = torch.Generator().manual_seed(3)
+    core(torch.randn(BATCH, STEPS, INPUT_DIM, generator=generator), core.initial_state(BATCH), make_resets(STEPS, generator))
+    expected = torch.sigmoid(torch.tensor(gate_bias)).item()
+    assert core.last_diagnostics["gate_mean/layer0"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_gate_bias_must_be_a_number():
+    with pytest.raises(ValueError, match="gate_bias must be a number, got True"):
+        build_core("hqlt", input_dim=INPUT_DIM, hidden_dim=HIDDEN_DIM, gate_bias=True)
 
 
 # ---------------------------------------------------------------------- diagnostics

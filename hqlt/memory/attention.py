@@ -53,6 +53,7 @@ class MemoryMixer(nn.Module):
         allow_neg_eigval: bool,
         chunk_size: int,
         backend: str | None,
+        gate_bias: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -63,6 +64,13 @@ class MemoryMixer(nn.Module):
         gate_width = {None: 0, "sum": 0, "scalar": 0, "dynamic_scalar": 2 * num_heads, "dynamic_vector": dim}[self.mixer]
         beta_width = num_heads if fw_memory == "deltanet" else 0
         self.split_sizes = (dim, dim, dim, beta_width, gate_width)
+        # Offsets of the gate's logits: the weights on o_FW start at sigmoid(gate_bias), dynamic_scalar's on
+        # o_KV at sigmoid(-gate_bias). Not saved: a constant of the architecture, like the sigmoid.
+        offset = {
+            "dynamic_scalar": torch.cat([torch.full((num_heads,), gate_bias), torch.full((num_heads,), -gate_bias)]),
+            "dynamic_vector": torch.full((dim,), gate_bias),
+        }.get(self.mixer, torch.zeros(0))
+        self.register_buffer("gate_offset", offset, persistent=False)
         self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=False)
         if self.mixer == "scalar":
             self.mix_weights = nn.Parameter(torch.ones(2))
@@ -100,7 +108,7 @@ class MemoryMixer(nn.Module):
         q, k, v, beta, gate = self.in_proj(x).split(self.split_sizes, dim=-1)
         q, k, v = q.view(heads_shape), k.view(heads_shape), F.silu(v).view(heads_shape)
         beta = self.beta_scale * torch.sigmoid(beta)
-        gate = torch.sigmoid(gate)
+        gate = torch.sigmoid(gate + self.gate_offset)
         if isinstance(segment, RingStep):
             o, new_state = self._rollout_step(q, k, v, beta, gate.view(heads_shape), resets, state, segment, in_place)
         else:
@@ -271,6 +279,7 @@ class AttentionCore(MemoryCore):
         dropout: float = 0.0,
         allow_neg_eigval: bool = True,
         backend: str | None = None,
+        gate_bias: float = 4.0,
     ) -> None:
         super().__init__(input_dim, hidden_dim)
         self.window, self.blend = window, blend
@@ -279,7 +288,7 @@ class AttentionCore(MemoryCore):
         self.mixers = nn.ModuleList(
             MemoryMixer(
                 hidden_dim, num_heads, fw_memory=fw_memory, window=window, blend=blend, mixer=mixer,
-                allow_neg_eigval=allow_neg_eigval, chunk_size=chunk_size, backend=backend,
+                allow_neg_eigval=allow_neg_eigval, chunk_size=chunk_size, backend=backend, gate_bias=gate_bias,
             )
             for _ in range(num_layers)
         )
