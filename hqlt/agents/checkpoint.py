@@ -20,7 +20,8 @@ from hqlt.configs.schema import ConfigError
 
 # 2: PopArt value statistics in the model, the learning-rate schedule and the collector's carry.
 # 3: the policy's reward-input scale, PopArt's statistics under value_layer.moments.
-FORMAT_VERSION = 3
+# 4: hqlt's mixing gate offset by memory.options.gate_bias (a model of format 3 was trained without it).
+FORMAT_VERSION = 4
 # What the trainer writes into every checkpoint.
 CHECKPOINT_KEYS = ("model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector")
 EXPECTED = "a checkpoint file that training wrote, runs/<env>/<core>/<run>/checkpoints/step<N>.pt"
