@@ -53,7 +53,7 @@ class MemoryMixer(nn.Module):
         allow_neg_eigval: bool,
         chunk_size: int,
         backend: str | None,
-        gate_bias: float = 0.0,
+        gate_bias: float,
     ) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
