@@ -18,7 +18,8 @@ LINEAR_ATTENTION_EPS = 1e-6
 ROPE_BASE = 10000.0
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the reference ops compute in: x's, at least fp32."""
     return torch.promote_types(x.dtype, torch.float32)
 
 
@@ -55,7 +56,7 @@ def delta_rule_recurrent(
     beta: `[B, T, H]`; resets: bool `[B, T]`; state: `[B, H, dk, dv]`.
     Returns o `[B, T, H, dv]` and the final state `[B, H, dk, dv]`.
     """
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qf, kf = deltanet_feature_map(q.to(dtype)), deltanet_feature_map(k.to(dtype))
     vf, bf = v.to(dtype), beta.to(dtype)
@@ -87,7 +88,7 @@ def delta_rule_chunkwise(
         A = strictly_lower(diag(beta) K K^T * M),  U = (I + A)^-1 (diag(beta) V - diag(beta c) K S0)
         O = (diag(c) Q S0 + (Q K^T * M * lower_incl) U) * scale,  S_C = c_C S0 + K^T diag(M_C) U
     """
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     # [B, H, T, d] so that the chunk algebra is plain batched matmuls.
     qf = deltanet_feature_map(q.to(dtype)).transpose(1, 2)
@@ -128,7 +129,7 @@ def linear_attention_recurrent(
     state: `[B, H, dk, dv]`; normalizer: `[B, H, dk]`.
     Returns o `[B, T, H, dv]`, the final state and the final normalizer.
     """
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     qf, kf = linear_attention_feature_map(q.to(dtype)), linear_attention_feature_map(k.to(dtype))
     vf = v.to(dtype)
     s, z = state.to(dtype), normalizer.to(dtype)
@@ -153,7 +154,7 @@ def linear_attention_chunkwise(
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Chunk-parallel linear attention with resets; same contract as `linear_attention_recurrent`."""
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     qf = linear_attention_feature_map(q.to(dtype)).transpose(1, 2)
     kf = linear_attention_feature_map(k.to(dtype)).transpose(1, 2)
     vf = v.to(dtype).transpose(1, 2)
@@ -209,7 +210,7 @@ def window_attention(
     the segment (cache first), so they stay bounded and only relative distances matter.
     Returns o `[B, T, H, d]`.
     """
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     batch, steps, _, head_dim = q.shape
     cached = cache_k.shape[1]
     scale = head_dim**-0.5 if scale is None else scale
@@ -240,7 +241,7 @@ def attention_entropy(
     """
     batch, steps, _, head_dim = q.shape
     cached = cache_k.shape[1]
-    eye = torch.eye(cached + steps, dtype=_compute_dtype(q), device=q.device)
+    eye = torch.eye(cached + steps, dtype=compute_dtype(q), device=q.device)
     # Attending over one-hot values returns the attention weights themselves.
     one_hot = eye[None, :, None, :].expand(batch, -1, q.shape[2], -1)
     probs = window_attention(
@@ -306,6 +307,7 @@ def synchronous_hqlt(
 
 __all__ = [
     "attention_entropy",
+    "compute_dtype",
     "delta_rule",
     "delta_rule_chunkwise",
     "delta_rule_recurrent",

@@ -53,7 +53,7 @@ def synchronous_hqlt_step(
     are recovered per slot, the cache's oldest entry at 0 and the query at S.
     """
     check_step_inputs(q, kv_keys, kv_write, window)
-    dtype = reference._compute_dtype(q)
+    dtype = reference.compute_dtype(q)
     batch, slots = kv_valid.shape
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     keep = ~resets[:, 0]
