@@ -23,10 +23,18 @@ from hqlt.kernels import reference  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+TF32_TOLERANCE = 1e-2  # fp32 inputs through one-pass TF32 products (10-bit mantissas, as fp16)
 # (batch, steps, heads, head dim) per device: the interpreter runs every program serially in numpy.
 SHAPE = (8, 300, 4, 64) if CUDA else (2, 37, 2, 16)
 # An even head dim that is not a power of two (the kernels pad each RoPE half of it).
 ODD_DIM = 48 if CUDA else 24
+
+
+@pytest.fixture(autouse=True)
+def _full_fp32_products(monkeypatch):
+    """fp32 cases check the three-pass products, whatever an earlier test (a training run, whose `tf32`
+    key defaults to true) left in torch's flag."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 def _resets(batch: int, steps: int, chunk_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -49,10 +57,12 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
-def _compare(run, inputs: dict[str, torch.Tensor], dtype: torch.dtype, grad_dtype_inputs: set[str]) -> None:
+def _compare(
+    run, inputs: dict[str, torch.Tensor], dtype: torch.dtype, grad_dtype_inputs: set[str], tolerance: float | None = None
+) -> None:
     """Run `run(backend, **inputs)` on both backends with random output gradients and compare
-    every output and every input gradient. Inputs named in `grad_dtype_inputs` take `dtype`; the
-    reference gets everything upcast to fp64."""
+    every output and every input gradient (relative error below `tolerance`, default the dtype's).
+    Inputs named in `grad_dtype_inputs` take `dtype`; the reference gets everything upcast to fp64."""
     ours = {
         name: (t.to(dtype) if name in grad_dtype_inputs else t).detach().requires_grad_(t.is_floating_point())
         for name, t in inputs.items()
@@ -64,7 +74,7 @@ def _compare(run, inputs: dict[str, torch.Tensor], dtype: torch.dtype, grad_dtyp
     upstream = [torch.randn(o.shape, generator=g).to(DEVICE) for o in out_oracle]
     sum(((o.float() * u).sum() for o, u in zip(out_ours, upstream))).backward()
     sum(((o * u.double()).sum() for o, u in zip(out_oracle, upstream))).backward()
-    tolerance = TOLERANCE[dtype]
+    tolerance = tolerance or TOLERANCE[dtype]
     errors = {f"out{i}": _relative_error(a, b) for i, (a, b) in enumerate(zip(out_ours, out_oracle))}
     for name, t in ours.items():
         if t.requires_grad:
@@ -140,6 +150,24 @@ def test_window_attention(dtype, cached, window, dim):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_size,cached,window", [(16, SHAPE[3], SHAPE[3]), (32, 3, 9), (64, 20, 70)])
 def test_synchronous_hqlt(dtype, chunk_size, cached, window):
+    _compare_synchronous_hqlt(dtype, chunk_size, cached, window)
+
+
+def test_fp32_products_follow_torchs_tf32_flag(monkeypatch):
+    """fp32 inputs: three-pass products by default, one-pass TF32 where torch allows TF32 for fp32
+    matrix products (the trainer's `tf32` key); the op then matches the reference to TF32's accuracy."""
+    from hqlt.kernels.triton_delta_rule import dot_dtype
+
+    flags = torch.backends.cuda.matmul
+    monkeypatch.setattr(flags, "allow_tf32", False)
+    assert dot_dtype(torch.float32, True) == dot_dtype(torch.float32, False) == "fp32"
+    monkeypatch.setattr(flags, "allow_tf32", True)
+    assert dot_dtype(torch.float32, True) == dot_dtype(torch.float32, False) == "tf32"
+    assert (dot_dtype(torch.bfloat16, True), dot_dtype(torch.bfloat16, False)) == ("bf16", "tf32")
+    _compare_synchronous_hqlt(torch.float32, 32, 3, 9, tolerance=TF32_TOLERANCE)
+
+
+def _compare_synchronous_hqlt(dtype, chunk_size, cached, window, tolerance=None):
     batch, steps, heads, dim = SHAPE
     g = torch.Generator().manual_seed(chunk_size + window)
     inputs = _window_inputs(g, batch, steps, heads, dim, cached)
@@ -155,7 +183,7 @@ def test_synchronous_hqlt(dtype, chunk_size, cached, window):
             window=window, chunk_size=chunk_size, backend=backend,
         )
 
-    _compare(run, inputs, dtype, {"q", "k", "v", "beta", "gate", "cache_k", "cache_v"})
+    _compare(run, inputs, dtype, {"q", "k", "v", "beta", "gate", "cache_k", "cache_v"}, tolerance)
 
 
 def test_unsupported_inputs_give_clear_errors():

@@ -286,7 +286,8 @@ class TrainConfig:
     total_steps: int = 200_000
     device: str = "auto"
     # fp32 matrix products on CUDA through TF32 tensor cores (about 10 mantissa bits per product, fp32
-    # accumulation), for acting and learning alike; false keeps full fp32 products.
+    # accumulation), for acting and learning alike, in torch's products and the Triton kernels'; false keeps
+    # full fp32 products (three-pass TF32 in the kernels).
     tf32: bool = True
     # torch CPU threads; small RL models run fastest on one (several spin-wait against the envs), 0 keeps torch's default.
     cpu_threads: int = 1

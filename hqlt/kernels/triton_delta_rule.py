@@ -15,7 +15,8 @@ gradients are computed in parallel from its stored S, dS_next and T.
 
 Matrix products accumulate in fp32. For 16-bit inputs the per-chunk gradient kernel rounds most of
 its operands to the inputs' dtype (see `dot_dtype`); the other kernels multiply fp32 operands at
-tf32. Stored states, W, U0 and T stay fp32 either way.
+tf32. fp32 inputs take three-pass tf32 products, or one-pass tf32 where torch allows TF32 for fp32
+matrix products. Stored states, W, U0 and T stay fp32 either way.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def chunk_config(chunk_size: int, head_dims: tuple[int, ...], dtype: torch.dtype
 
 
 def dot_dtype(dtype: torch.dtype, sixteen_bit_operands: bool) -> str:
-    """The `DOT_DTYPE` of a kernel's products for `dtype` inputs (see `dot`): "fp32" for fp32 inputs;
-    for 16-bit inputs their own dtype's name with `sixteen_bit_operands`, else "tf32" (fp32 operands).
+    """The `DOT_DTYPE` of a kernel's products for `dtype` inputs (see `dot`). fp32 inputs: "tf32" where
+    torch lets fp32 matrix products use TF32 (`torch.backends.cuda.matmul.allow_tf32`, which the
+    trainer's `tf32` key sets, as it does for the projections and cuDNN), else "fp32" (three-pass,
+    about fp32 accuracy). 16-bit inputs: their own dtype's name with `sixteen_bit_operands`, else
+    "tf32" (fp32 operands).
 
     The window-attention kernels and the per-chunk gradient kernel take 16-bit operands (on an H200 at
     256 x 128, d=64: window dq 170 -> 119 us, dk/dv 210 -> 146 us; per-chunk gradients 372 -> 285 us).
@@ -76,7 +80,7 @@ def dot_dtype(dtype: torch.dtype, sixteen_bit_operands: bool) -> str:
     final state 1e-7 -> 3e-3 on random keys, 1e-2 on similar keys) and gained about 80 us, and at
     chunk 64 they gave an illegal memory access under Triton 3.6 at d=16."""
     if dtype == torch.float32:
-        return "fp32"
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if sixteen_bit_operands else "tf32"
 
 

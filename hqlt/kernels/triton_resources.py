@@ -52,7 +52,8 @@ _HEADS, _STEPS, _WINDOW = 4, 128, 32
 
 @dataclass(frozen=True)
 class Case:
-    """One call the memory cores can make: op, head dim, requested chunk, input dtype, pass."""
+    """One call the memory cores can make: op, head dim, requested chunk, input dtype, pass, and whether
+    torch allows TF32 for fp32 matrix products (the fp32 kernels' products follow it)."""
 
     op: str
     head_dim: int
@@ -60,10 +61,12 @@ class Case:
     backward: bool
     chunk_size: int | None = None
     window: int | None = None
+    tf32: bool = False
 
     def describe(self) -> str:
         extra = (f" chunk={self.chunk_size}" if self.chunk_size else "") + (f" window={self.window}" if self.window else "")
-        return f"{self.op} d={self.head_dim}{extra} {str(self.dtype).removeprefix('torch.')} {'bwd' if self.backward else 'fwd'}"
+        precision = " tf32" if self.tf32 else ""
+        return f"{self.op} d={self.head_dim}{extra} {str(self.dtype).removeprefix('torch.')}{precision} {'bwd' if self.backward else 'fwd'}"
 
 
 @dataclass
@@ -94,22 +97,34 @@ class Launch:
 
 
 def all_cases() -> list[Case]:
-    """Every head dim, chunk size, dtype and pass of each op; every rollout window for the step op."""
+    """Every head dim, chunk size, dtype (fp32 with and without TF32) and pass of each op; every rollout
+    window for the step op."""
     from hqlt.kernels.triton_delta_rule import CHUNK_SIZES
 
     cases = []
+    precisions = [(dtype, False) for dtype in DTYPES] + [(torch.float32, True)]
     for d in HEAD_DIMS:
-        for dtype in DTYPES:
+        for dtype, tf32 in precisions:
             for backward in (False, True):
-                cases += [Case("delta_rule", d, dtype, backward, chunk) for chunk in CHUNK_SIZES]
-                cases += [Case("synchronous_hqlt", d, dtype, backward, chunk, _WINDOW) for chunk in CHUNK_SIZES]
-                cases.append(Case("window_attention", d, dtype, backward, window=_WINDOW))
-            cases += [Case("synchronous_hqlt_step", d, dtype, False, window=w) for w in ROLLOUT_WINDOWS]
+                cases += [Case("delta_rule", d, dtype, backward, chunk, tf32=tf32) for chunk in CHUNK_SIZES]
+                cases += [Case("synchronous_hqlt", d, dtype, backward, chunk, _WINDOW, tf32) for chunk in CHUNK_SIZES]
+                cases.append(Case("window_attention", d, dtype, backward, window=_WINDOW, tf32=tf32))
+            cases += [Case("synchronous_hqlt_step", d, dtype, False, window=w, tf32=tf32) for w in ROLLOUT_WINDOWS]
     return cases
 
 
 def _call(case: Case) -> None:
-    """Run the Triton op of `case` (forward, and backward if asked) on small CPU tensors."""
+    """Run the Triton op of `case` (forward, and backward if asked) on small CPU tensors, with torch's TF32
+    flag as the case says."""
+    flags = torch.backends.cuda.matmul
+    previous, flags.allow_tf32 = flags.allow_tf32, case.tf32
+    try:
+        _run_op(case)
+    finally:
+        flags.allow_tf32 = previous
+
+
+def _run_op(case: Case) -> None:
     from hqlt.kernels import triton_ops
 
     op, d, dtype, window = triton_ops.OPS[case.op], case.head_dim, case.dtype, case.window
