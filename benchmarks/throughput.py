@@ -3,13 +3,15 @@
     python benchmarks/throughput.py [--device cuda] [--cores lstm,gru,transformer,deltanet,hqlt]
         [--envs tmaze,visual_match,repeat_previous] [--num-envs 256,1024,4096,8192]
         [--gymnasium-num-envs 256,1024] [--gymnasium-cores lstm,hqlt] [--updates 2] [--record]
+        [--overrides 'tf32=false ...']
 
 Two tables:
 - env only: steps/s of each batched port (random actions drawn on the device) against its reference
   (`hqlt.envs.make_vector`, in-process, random actions), at each number of envs;
 - end to end: PPO env steps/s of a Trainer (rollouts of 128 steps, 4 epochs x 4 minibatches), split
   into acting (the rollout: policy and env steps) and the update, after one warm-up update that
-  captures the CUDA graphs and compiles the kernels; batched and gymnasium envs at each size.
+  captures the CUDA graphs and compiles the kernels; batched and gymnasium envs at each size; every
+  run takes the config overrides of --overrides (e.g. `tf32=false`: full fp32 products).
 Every row of a table comes from this run, on this machine.
 """
 
@@ -75,9 +77,10 @@ def env_only_sps(task: str, num_envs: int, vectorization: str, device: torch.dev
 
 
 def end_to_end(task: str, core: str, num_envs: int, vectorization: str, device: torch.device, updates: int,
-               log_dir: str, profile: bool = False) -> dict[str, float]:
+               log_dir: str, profile: bool = False, overrides: tuple[str, ...] = ()) -> dict[str, float]:
     """PPO steps/s of `updates` updates after a warm-up one, and the seconds per update spent acting
-    (collecting the rollout) and updating; `profile` prints the profiler's top kernels of one more update."""
+    (collecting the rollout) and updating; `profile` prints the profiler's top kernels of one more update.
+    `overrides` are config overrides after the run's own (e.g. "tf32=false")."""
     env_id, kwargs = TASKS[task]
     cfg = compose(
         [
@@ -94,6 +97,7 @@ def end_to_end(task: str, core: str, num_envs: int, vectorization: str, device: 
             "checkpoint_interval=0",
             "progress=false",
             f"log_dir={log_dir}",
+            *overrides,
         ]
     )
     trainer = Trainer(cfg)
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the profiler's top kernels of an update per run")
     parser.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     parser.add_argument("--section", default=None, help="RESULTS.md section (default: by device)")
+    parser.add_argument("--overrides", default="", help="config overrides of every end-to-end run, space-separated")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(1)
@@ -160,7 +165,8 @@ def main() -> None:
             for core in cores:
                 runs = [("batched", n) for n in sizes] + [("gymnasium", n) for n in gym_sizes if core in gym_cores]
                 for vectorization, n in runs:
-                    result = end_to_end(task, core, n, vectorization, device, args.updates, log_dir, args.profile)
+                    result = end_to_end(task, core, n, vectorization, device, args.updates, log_dir, args.profile,
+                                        tuple(args.overrides.split()))
                     e2e_rows.append([task, core, vectorization, n, f"{result['sps']:,.0f}",
                                      f"{result['acting']:.3f}", f"{result['update']:.3f}"])
                     print(*e2e_rows[-1], sep=" | ", flush=True)
