@@ -159,7 +159,7 @@ def test_sigterm_saves_a_checkpoint_stops_the_actors_and_the_run_resumes(tmp_pat
                    f"log_dir={tmp_path}"])
     with pytest.raises(TrainingInterrupted) as interrupted:
         train(cfg)
-    assert len(calls) == 1 and interrupted.value.exit_code == 143
+    assert len(calls) == cfg.agent.update_epochs and interrupted.value.exit_code == 143  # the batch's passes end
     assert interrupted.value.checkpoint == run_dir_of(tmp_path) / "checkpoints" / f"step{STEPS_PER_UPDATE:010d}.pt"
     assert load_checkpoint(interrupted.value.checkpoint)["counters"]["update"] == 1
     assert signal.getsignal(signal.SIGTERM) is previous_sigterm
@@ -169,6 +169,26 @@ def test_sigterm_saves_a_checkpoint_stops_the_actors_and_the_run_resumes(tmp_pat
     assert train(cfg)["global_step"] == 3 * STEPS_PER_UPDATE
     final = load_checkpoint(run_dir_of(tmp_path) / "checkpoints" / f"step{3 * STEPS_PER_UPDATE:010d}.pt")
     assert final["counters"] == {"update": 3, "global_step": 3 * STEPS_PER_UPDATE}
+    assert_no_actor_left()
+
+
+def test_update_epochs_take_that_many_v_trace_steps_on_each_batch(tmp_path, monkeypatch):
+    """Each pass replays the batch with the parameters the previous one left: the second pass's
+    behaviour ratios are no longer 1."""
+    real_update, kls = impala.impala_update, []
+
+    def recorded(*args, **kwargs):
+        stats = real_update(*args, **kwargs)
+        kls.append(stats["approx_kl"])
+        return stats
+
+    monkeypatch.setattr(impala, "impala_update", recorded)
+    cfg = compose([*TINY, "agent.num_actors=1", "agent.max_policy_lag=0", "agent.update_epochs=3",
+                   f"total_steps={2 * STEPS_PER_UPDATE}", "checkpoint_interval=0", f"log_dir={tmp_path}"])
+    assert train(cfg)["global_step"] == 2 * STEPS_PER_UPDATE
+    assert len(kls) == 6
+    assert kls[0] == kls[3] == 0  # lag 0: each batch's first pass replays the actor's own policy
+    assert min(kls[1], kls[2], kls[4], kls[5]) > 0
     assert_no_actor_left()
 
 
@@ -218,6 +238,7 @@ def impala_config():
         ("agent.envs_per_actor", 0, "agent.envs_per_actor must be >= 1, got 0"),
         ("agent.segment_length", 0, "agent.segment_length must be >= 1, got 0"),
         ("agent.batch_segments", 0, "agent.batch_segments must be >= 1, got 0"),
+        ("agent.update_epochs", 0, "agent.update_epochs must be >= 1, got 0"),
         ("agent.max_policy_lag", -1, "agent.max_policy_lag must be >= 0, got -1"),
         ("agent.burn_in", -1, "agent.burn_in must be >= 0, got -1"),
         ("agent.burn_in", 65, "agent.burn_in=65 must be <= agent.segment_length=64"),

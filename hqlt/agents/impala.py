@@ -522,7 +522,10 @@ class ImpalaTrainer(Trainer):
         return Collected(segments, stats), merge_episodes([sent.episodes for sent in received])
 
     def _update(self, collected: Collected) -> dict[str, float]:
-        stats = impala_update(self.policy, self.optimizer, collected.segments, self.cfg.agent, self.generator)
+        agent = self.cfg.agent
+        passes = [impala_update(self.policy, self.optimizer, collected.segments, agent, self.generator)
+                  for _ in range(agent.update_epochs)]
+        stats = {name: statistics.fmean(stats[name] for stats in passes) for name in passes[0]}
         return {**{metrics.IMPALA_UPDATE_TAGS[name]: value for name, value in stats.items()}, **collected.stats}
 
     def _replay_for_diagnostics(self, collected: Collected, count: int) -> None:

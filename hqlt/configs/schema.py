@@ -126,6 +126,11 @@ class ImpalaConfig:
     num_buffers: int = 8
     # Segments per update (each holds envs_per_actor env rows).
     batch_segments: int = 2
+    # V-trace steps on each batch, each replaying it with the parameters the last one left (the ratios to
+    # the actors' policy grow with each, and V-trace clips them), as PPO's epochs reuse a rollout. With one
+    # pass IMPALA stayed at chance on popgym RepeatPreviousEasy for 1M steps where 4 learned it by 560k
+    # (benchmarks/RESULTS.md, "IMPALA: passes over each batch"); each pass costs the learner one step.
+    update_epochs: int = 4
     # Segments collected more than this many updates ago are dropped (and counted) instead of trained on.
     max_policy_lag: int = 4
     # R2D2's burn-in: the steps before each segment (at most segment_length) are replayed without
@@ -432,9 +437,9 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
             own.append(("target_kl", "> 0"))
     else:
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
-               ("batch_segments", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"), ("rho_bar", "> 0"),
-               ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"),
-               *coefficients]
+               ("batch_segments", ">= 1"), ("update_epochs", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"),
+               ("rho_bar", "> 0"), ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
+               ("min_entropy", "in [0, 1]"), *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
