@@ -145,7 +145,7 @@ def test_a_run_logs_the_ppo_tags_keeps_the_lag_bound_and_checkpoints(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_stops_the_actors_and_the_run_resumes(tmp_path, monkeypatch):
-    real_update, calls = impala.impala_update, []
+    real_update, calls = impala.vtrace_step, []
 
     def update_then_signal(*args, **kwargs):
         calls.append(1)
@@ -153,7 +153,7 @@ def test_sigterm_saves_a_checkpoint_stops_the_actors_and_the_run_resumes(tmp_pat
             signal.raise_signal(signal.SIGTERM)
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(impala, "impala_update", update_then_signal)
+    monkeypatch.setattr(impala, "vtrace_step", update_then_signal)
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     cfg = compose([*TINY, "agent.num_actors=1", f"total_steps={3 * STEPS_PER_UPDATE}", "checkpoint_interval=0",
                    f"log_dir={tmp_path}"])
@@ -175,14 +175,14 @@ def test_sigterm_saves_a_checkpoint_stops_the_actors_and_the_run_resumes(tmp_pat
 def test_update_epochs_take_that_many_v_trace_steps_on_each_batch(tmp_path, monkeypatch):
     """Each pass replays the batch with the parameters the previous one left: the second pass's
     behaviour ratios are no longer 1."""
-    real_update, kls = impala.impala_update, []
+    real_update, kls = impala.vtrace_step, []
 
     def recorded(*args, **kwargs):
         stats = real_update(*args, **kwargs)
         kls.append(stats["approx_kl"])
         return stats
 
-    monkeypatch.setattr(impala, "impala_update", recorded)
+    monkeypatch.setattr(impala, "vtrace_step", recorded)
     cfg = compose([*TINY, "agent.num_actors=1", "agent.max_policy_lag=0", "agent.update_epochs=3",
                    f"total_steps={2 * STEPS_PER_UPDATE}", "checkpoint_interval=0", f"log_dir={tmp_path}"])
     assert train(cfg)["global_step"] == 2 * STEPS_PER_UPDATE

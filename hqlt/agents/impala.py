@@ -185,6 +185,15 @@ def replay_segments(
 def impala_update(
     policy: Policy, optimizer: torch.optim.Optimizer, segments: Segments, cfg: ImpalaConfig, generator: torch.Generator
 ) -> dict[str, float]:
+    """`cfg.update_epochs` V-trace steps on a batch of segments, each replaying it with the parameters the
+    previous one left (as PPO's epochs reuse a rollout); returns the means of their losses and diagnostics."""
+    passes = [vtrace_step(policy, optimizer, segments, cfg, generator) for _ in range(cfg.update_epochs)]
+    return {name: statistics.fmean(one[name] for one in passes) for name in passes[0]}
+
+
+def vtrace_step(
+    policy: Policy, optimizer: torch.optim.Optimizer, segments: Segments, cfg: ImpalaConfig, generator: torch.Generator
+) -> dict[str, float]:
     """One V-trace actor-critic step on a batch of segments; returns its losses and diagnostics (means
     over ranks). `generator` draws the episodic recall objective's pairs."""
     # 1. Re-run the core from the stored states: the burn-in without gradient, then the segments.
@@ -522,10 +531,7 @@ class ImpalaTrainer(Trainer):
         return Collected(segments, stats), merge_episodes([sent.episodes for sent in received])
 
     def _update(self, collected: Collected) -> dict[str, float]:
-        agent = self.cfg.agent
-        passes = [impala_update(self.policy, self.optimizer, collected.segments, agent, self.generator)
-                  for _ in range(agent.update_epochs)]
-        stats = {name: statistics.fmean(stats[name] for stats in passes) for name in passes[0]}
+        stats = impala_update(self.policy, self.optimizer, collected.segments, self.cfg.agent, self.generator)
         return {**{metrics.IMPALA_UPDATE_TAGS[name]: value for name, value in stats.items()}, **collected.stats}
 
     def _replay_for_diagnostics(self, collected: Collected, count: int) -> None:
