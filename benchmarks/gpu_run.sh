@@ -8,8 +8,8 @@
 # $OUT/runs.tar.gz (checkpoints left out). With CHECKPOINTS=1, each run's newest checkpoint also goes into
 # $OUT/checkpoints.tar.gz (same paths under RUNS), so that a later call can carry it back and resume the
 # run (`memory_suite.py --resume`) on a fresh machine when the warm one (whose /tmp keeps RUNS) was given back.
-# Files ignored by git do not outlive the session, so a run must reach its budget within one session. A tarball over 15 MiB (the largest file that comes back
-# is 16 MiB) comes back in parts, checkpoints.tar.gz.00, .01, ...: `cat checkpoints.tar.gz.* > checkpoints.tar.gz`.
+# Files ignored by git do not outlive the session, so a run must reach its budget within one session.
+# A tarball over 15 MiB (the largest file that comes back is 16 MiB) comes back in parts, checkpoints.tar.gz.00, .01, ...: `cat checkpoints.tar.gz.* > checkpoints.tar.gz`.
 # Aligned runs (agent.align_episodes) save no memory state: a paper-size hqlt checkpoint is about 11 MB (10 MB
 # compressed), so about 5 of them fit beside the repo and the wheels in a call's 64 MiB. To resume on a fresh
 # machine, put the returned runs.tar.gz and the joined checkpoints.tar.gz in .resume/ (ignored by git), carry it,
