@@ -186,6 +186,15 @@ def _compare_synchronous_hqlt(dtype, chunk_size, cached, window, tolerance=None)
     _compare(run, inputs, dtype, {"q", "k", "v", "beta", "gate", "cache_k", "cache_v"}, tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hidden", [80, 3])  # rows that straddle the kernel's blocks of 1024 elements; a tiny one
+def test_swiglu(dtype, hidden):
+    g = torch.Generator().manual_seed(hidden)
+    inputs = dict(gate_up=3 * _randn(g, SHAPE[0], SHAPE[1], 2 * hidden))
+    _compare(lambda backend, gate_up: (kernels.swiglu(gate_up, backend=backend),), inputs, dtype, {"gate_up"},
+             TOLERANCE.get(dtype, 1e-2))
+
+
 def test_unsupported_inputs_give_clear_errors():
     g = torch.Generator().manual_seed(0)
     q = _randn(g, 1, 4, 1, 16)
@@ -194,6 +203,10 @@ def test_unsupported_inputs_give_clear_errors():
         kernels.delta_rule(q, q, q, beta, resets, state, chunk_size=8, backend="triton")
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         kernels.delta_rule(q.double(), q.double(), q.double(), beta, resets, state, backend="triton")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        kernels.swiglu(q.double(), backend="triton")
+    with pytest.raises(ValueError, match="must be even"):
+        kernels.swiglu(q[..., :15], backend="triton")
     with pytest.raises(ValueError, match="window must be"):
         kernels.window_attention(q, q, q, resets, q[:, :0], q[:, :0], resets[:, :0], window=0, backend="triton")
 

@@ -23,6 +23,7 @@ KERNELS = {
     "triton_delta_rule._state_gradient_kernel", "triton_delta_rule.chunk_gradient_kernel",
     "triton_window_attention._forward_kernel",
     "triton_window_attention.dq_kernel", "triton_window_attention.dkdv_kernel", "triton_rollout_step._step_kernel",
+    "triton_swiglu._forward_kernel", "triton_swiglu._backward_kernel",
 }
 
 

@@ -24,6 +24,7 @@ REFERENCE_OPS: dict[str, Callable] = {
     "window_attention": reference.window_attention,
     "synchronous_hqlt": reference.synchronous_hqlt,
     "synchronous_hqlt_step": rollout_step.synchronous_hqlt_step,
+    "swiglu": reference.swiglu,
 }
 
 
@@ -177,12 +178,19 @@ def synchronous_hqlt_step(
     )
 
 
+def swiglu(gate_up: Tensor, *, backend: str | None = None) -> Tensor:
+    """SwiGLU's gating in the feed-forward blocks: SiLU(gate) * up, where gate_up `[..., 2h]` holds gate
+    then up. Returns `[..., h]` in gate_up's dtype."""
+    return _implementation("swiglu", backend, gate_up)(gate_up)
+
+
 __all__ = [
     "BACKENDS",
     "advance_ring",
     "delta_rule",
     "linear_attention",
     "resolve_backend",
+    "swiglu",
     "synchronous_hqlt",
     "synchronous_hqlt_step",
     "window_attention",

@@ -251,6 +251,15 @@ def attention_entropy(
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
 
 
+# ----------------------------------------------------------------------------- feed-forward gating
+
+
+def swiglu(gate_up: Tensor) -> Tensor:
+    """SwiGLU's gating, SiLU(gate) * up, where gate_up `[..., 2h]` holds gate then up. Returns `[..., h]`."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 # ----------------------------------------------------------------------------- op entry points
 
 
@@ -317,6 +326,7 @@ __all__ = [
     "linear_attention_recurrent",
     "linear_attention_feature_map",
     "rotary",
+    "swiglu",
     "synchronous_hqlt",
     "window_attention",
 ]

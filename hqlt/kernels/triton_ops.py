@@ -9,6 +9,7 @@ from hqlt.kernels.backend import interpreting
 from hqlt.kernels.triton_delta_rule import delta_rule
 from hqlt.kernels.triton_interpreter import fix_bf16
 from hqlt.kernels.triton_rollout_step import synchronous_hqlt_step
+from hqlt.kernels.triton_swiglu import swiglu
 from hqlt.kernels.triton_synchronous_hqlt import synchronous_hqlt
 from hqlt.kernels.triton_window_attention import window_attention
 
@@ -17,6 +18,7 @@ if interpreting():
 
 OPS: dict[str, Callable] = {
     "delta_rule": delta_rule,
+    "swiglu": swiglu,
     "synchronous_hqlt": synchronous_hqlt,
     "synchronous_hqlt_step": synchronous_hqlt_step,
     "window_attention": window_attention,

@@ -48,6 +48,7 @@ ROLLOUT_WINDOWS = (8, 16, 32, 64, 128)
 # Triton specialises integer arguments on == 1 and on divisibility by 16: H > 1 as in every preset; T and the
 # cached steps S multiples of 16 (T=100 with S=40 gave every launch the same shared memory, checked once).
 _HEADS, _STEPS, _WINDOW = 4, 128, 32
+_SWIGLU_HIDDEN = 512  # the feed-forward width of a 128-wide block (any width compiles to the same launch)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Case:
     def describe(self) -> str:
         extra = (f" chunk={self.chunk_size}" if self.chunk_size else "") + (f" window={self.window}" if self.window else "")
         precision = " tf32" if self.tf32 else ""
-        return f"{self.op} d={self.head_dim}{extra} {str(self.dtype).removeprefix('torch.')}{precision} {'bwd' if self.backward else 'fwd'}"
+        dim = "" if self.op == "swiglu" else f" d={self.head_dim}"  # element-wise: no head dim
+        return f"{self.op}{dim}{extra} {str(self.dtype).removeprefix('torch.')}{precision} {'bwd' if self.backward else 'fwd'}"
 
 
 @dataclass
@@ -110,6 +112,7 @@ def all_cases() -> list[Case]:
                 cases += [Case("synchronous_hqlt", d, dtype, backward, chunk, _WINDOW, tf32) for chunk in CHUNK_SIZES]
                 cases.append(Case("window_attention", d, dtype, backward, window=_WINDOW, tf32=tf32))
             cases += [Case("synchronous_hqlt_step", d, dtype, False, window=w, tf32=tf32) for w in ROLLOUT_WINDOWS]
+    cases += [Case("swiglu", 0, dtype, backward) for dtype in DTYPES for backward in (False, True)]
     return cases
 
 
@@ -137,7 +140,9 @@ def _run_op(case: Case) -> None:
     beta = tensor(1, steps, _HEADS)
     resets = torch.zeros(1, steps, dtype=torch.bool)
     fw_state = tensor(1, _HEADS, d, d, dtype=torch.float32)
-    if case.op == "delta_rule":
+    if case.op == "swiglu":
+        outputs = (op(tensor(1, steps, 2 * _SWIGLU_HIDDEN)),)
+    elif case.op == "delta_rule":
         outputs = op(q, k, v, beta, resets, fw_state, chunk_size=case.chunk_size)
     elif case.op == "synchronous_hqlt_step":
         ring = [torch.zeros(1, window, _HEADS, d, dtype=dtype) for _ in range(2)]

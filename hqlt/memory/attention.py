@@ -292,7 +292,7 @@ class AttentionCore(MemoryCore):
             )
             for _ in range(num_layers)
         )
-        self.feed_forwards = nn.ModuleList(FeedForwardBlock(hidden_dim, dropout) for _ in range(num_layers))
+        self.feed_forwards = nn.ModuleList(FeedForwardBlock(hidden_dim, dropout, backend) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.final_norm = rms_norm(hidden_dim)
 

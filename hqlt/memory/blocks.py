@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hqlt import kernels
 
 NORM_EPS = 1e-6
 FEED_FORWARD_EXPANSION = 4
@@ -15,10 +16,12 @@ def rms_norm(dim: int) -> nn.RMSNorm:
 
 
 class FeedForwardBlock(nn.Module):
-    """Pre-norm residual SwiGLU: h + dropout(W_down(SiLU(W_gate n) * W_up n)) with n = RMSNorm(h)."""
+    """Pre-norm residual SwiGLU: h + dropout(W_down(SiLU(W_gate n) * W_up n)) with n = RMSNorm(h).
+    `backend` picks the gating op's implementation (`hqlt.kernels.swiglu`)."""
 
-    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, dropout: float = 0.0, backend: str | None = None) -> None:
         super().__init__()
+        self.backend = backend
         hidden = FEED_FORWARD_EXPANSION * dim
         self.norm = rms_norm(dim)
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
@@ -27,5 +30,5 @@ class FeedForwardBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """h: `[B, T, dim]` -> `[B, T, dim]`."""
-        gate, up = self.gate_up(self.norm(h)).chunk(2, dim=-1)
-        return h + self.dropout(self.down(F.silu(gate) * up))
+        gated = kernels.swiglu(self.gate_up(self.norm(h)), backend=self.backend)
+        return h + self.dropout(self.down(gated))
