@@ -195,6 +195,19 @@ def test_swiglu(dtype, hidden):
              TOLERANCE.get(dtype, 1e-2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+# a head's, the hidden width, not a power of two, tiny, wider than the kernel takes (the reference then)
+@pytest.mark.parametrize("dim", [SHAPE[3], 128, 48, 3, 1030])
+def test_rms_norm(dtype, dim):
+    g = torch.Generator().manual_seed(dim)
+    inputs = dict(x=2 * _randn(g, SHAPE[0], SHAPE[1], dim) + 0.5, weight=1 + _randn(g, dim) / 4)
+
+    def run(backend, x, weight):
+        return (kernels.rms_norm(x, weight, 1e-6, backend=backend),)
+
+    _compare(run, inputs, dtype, {"x"}, TOLERANCE.get(dtype, 1e-2))
+
+
 def test_unsupported_inputs_give_clear_errors():
     g = torch.Generator().manual_seed(0)
     q = _randn(g, 1, 4, 1, 16)
@@ -205,6 +218,8 @@ def test_unsupported_inputs_give_clear_errors():
         kernels.delta_rule(q.double(), q.double(), q.double(), beta, resets, state, backend="triton")
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         kernels.swiglu(q.double(), backend="triton")
+    with pytest.raises(ValueError, match="weight shape"):
+        kernels.rms_norm(q, q.new_ones(15), 1e-6, backend="triton")
     with pytest.raises(ValueError, match="must be even"):
         kernels.swiglu(q[..., :15], backend="triton")
     with pytest.raises(ValueError, match="window must be"):

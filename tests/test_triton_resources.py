@@ -24,6 +24,7 @@ KERNELS = {
     "triton_window_attention._forward_kernel",
     "triton_window_attention.dq_kernel", "triton_window_attention.dkdv_kernel", "triton_rollout_step._step_kernel",
     "triton_swiglu._forward_kernel", "triton_swiglu._backward_kernel",
+    "triton_rms_norm._forward_kernel", "triton_rms_norm._backward_kernel",
 }
 
 

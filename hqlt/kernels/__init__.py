@@ -25,6 +25,7 @@ REFERENCE_OPS: dict[str, Callable] = {
     "synchronous_hqlt": reference.synchronous_hqlt,
     "synchronous_hqlt_step": rollout_step.synchronous_hqlt_step,
     "swiglu": reference.swiglu,
+    "rms_norm": reference.rms_norm,
 }
 
 
@@ -178,6 +179,12 @@ def synchronous_hqlt_step(
     )
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float, *, backend: str | None = None) -> Tensor:
+    """RMSNorm over the last dim with a learned scale: x / sqrt(mean(x^2) + eps) * weight.
+    x: `[..., D]`, weight: `[D]`. Returns `[..., D]` in x's dtype."""
+    return _implementation("rms_norm", backend, x)(x, weight, eps)
+
+
 def swiglu(gate_up: Tensor, *, backend: str | None = None) -> Tensor:
     """SwiGLU's gating in the feed-forward blocks: SiLU(gate) * up, where gate_up `[..., 2h]` holds gate
     then up. Returns `[..., h]` in gate_up's dtype."""
@@ -190,6 +197,7 @@ __all__ = [
     "delta_rule",
     "linear_attention",
     "resolve_backend",
+    "rms_norm",
     "swiglu",
     "synchronous_hqlt",
     "synchronous_hqlt_step",

@@ -251,6 +251,15 @@ def attention_entropy(
     return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
 
 
+# ----------------------------------------------------------------------------- normalisation
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim with a learned scale: x / sqrt(mean(x^2) + eps) * weight.
+    x: `[..., D]`, weight: `[D]`. Returns `[..., D]`."""
+    return F.rms_norm(x, x.shape[-1:], weight, eps)
+
+
 # ----------------------------------------------------------------------------- feed-forward gating
 
 
@@ -325,6 +334,7 @@ __all__ = [
     "linear_attention_chunkwise",
     "linear_attention_recurrent",
     "linear_attention_feature_map",
+    "rms_norm",
     "rotary",
     "swiglu",
     "synchronous_hqlt",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from hqlt.kernels.backend import interpreting
 from hqlt.kernels.triton_delta_rule import delta_rule
 from hqlt.kernels.triton_interpreter import fix_bf16
+from hqlt.kernels.triton_rms_norm import rms_norm
 from hqlt.kernels.triton_rollout_step import synchronous_hqlt_step
 from hqlt.kernels.triton_swiglu import swiglu
 from hqlt.kernels.triton_synchronous_hqlt import synchronous_hqlt
@@ -18,6 +19,7 @@ if interpreting():
 
 OPS: dict[str, Callable] = {
     "delta_rule": delta_rule,
+    "rms_norm": rms_norm,
     "swiglu": swiglu,
     "synchronous_hqlt": synchronous_hqlt,
     "synchronous_hqlt_step": synchronous_hqlt_step,

@@ -48,6 +48,8 @@ ROLLOUT_WINDOWS = (8, 16, 32, 64, 128)
 # Triton specialises integer arguments on == 1 and on divisibility by 16: H > 1 as in every preset; T and the
 # cached steps S multiples of 16 (T=100 with S=40 gave every launch the same shared memory, checked once).
 _HEADS, _STEPS, _WINDOW = 4, 128, 32
+# Every row tile of the norm kernel: its block is the row's width rounded up to a power of two.
+RMS_NORM_DIMS = tuple(2**k for k in range(4, 11))  # triton_rms_norm.MIN_BLOCK to MAX_DIM
 _SWIGLU_HIDDEN = 512  # the feed-forward width of a 128-wide block (any width compiles to the same launch)
 
 
@@ -113,6 +115,7 @@ def all_cases() -> list[Case]:
                 cases.append(Case("window_attention", d, dtype, backward, window=_WINDOW, tf32=tf32))
             cases += [Case("synchronous_hqlt_step", d, dtype, False, window=w, tf32=tf32) for w in ROLLOUT_WINDOWS]
     cases += [Case("swiglu", 0, dtype, backward) for dtype in DTYPES for backward in (False, True)]
+    cases += [Case("rms_norm", dim, dtype, backward) for dim in RMS_NORM_DIMS for dtype in DTYPES for backward in (False, True)]
     return cases
 
 
@@ -142,6 +145,8 @@ def _run_op(case: Case) -> None:
     fw_state = tensor(1, _HEADS, d, d, dtype=torch.float32)
     if case.op == "swiglu":
         outputs = (op(tensor(1, steps, 2 * _SWIGLU_HIDDEN)),)
+    elif case.op == "rms_norm":
+        outputs = (op(tensor(1, steps, d), tensor(d, dtype=torch.float32), 1e-6),)
     elif case.op == "delta_rule":
         outputs = op(q, k, v, beta, resets, fw_state, chunk_size=case.chunk_size)
     elif case.op == "synchronous_hqlt_step":

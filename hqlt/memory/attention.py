@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hqlt import kernels
 from hqlt.kernels.reference import attention_entropy
-from hqlt.memory.blocks import FeedForwardBlock, rms_norm
+from hqlt.memory.blocks import FeedForwardBlock, RMSNorm
 from hqlt.memory.core import MemoryCore, State
 from hqlt.memory.segment import RingStep, Segment, build_ring_step, build_segment, combine, take
 
@@ -74,7 +74,7 @@ class MemoryMixer(nn.Module):
         self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=False)
         if self.mixer == "scalar":
             self.mix_weights = nn.Parameter(torch.ones(2))
-        self.head_norm = rms_norm(self.head_dim)
+        self.head_norm = RMSNorm(self.head_dim, backend)
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.fused = blend == "synchronous" and self.mixer == "dynamic_vector" and fw_memory == "deltanet"
 
@@ -284,7 +284,7 @@ class AttentionCore(MemoryCore):
         super().__init__(input_dim, hidden_dim)
         self.window, self.blend = window, blend
         self.input_proj = nn.Linear(input_dim, hidden_dim, bias=False)
-        self.memory_norms = nn.ModuleList(rms_norm(hidden_dim) for _ in range(num_layers))
+        self.memory_norms = nn.ModuleList(RMSNorm(hidden_dim, backend) for _ in range(num_layers))
         self.mixers = nn.ModuleList(
             MemoryMixer(
                 hidden_dim, num_heads, fw_memory=fw_memory, window=window, blend=blend, mixer=mixer,
@@ -294,7 +294,7 @@ class AttentionCore(MemoryCore):
         )
         self.feed_forwards = nn.ModuleList(FeedForwardBlock(hidden_dim, dropout, backend) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
-        self.final_norm = rms_norm(hidden_dim)
+        self.final_norm = RMSNorm(hidden_dim, backend)
 
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32

@@ -10,20 +10,28 @@ NORM_EPS = 1e-6
 FEED_FORWARD_EXPANSION = 4
 
 
-def rms_norm(dim: int) -> nn.RMSNorm:
-    """RMSNorm over the last dim with a learned scale and no bias."""
-    return nn.RMSNorm(dim, eps=NORM_EPS)
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm over the last dim with a learned scale and no bias, through `hqlt.kernels.rms_norm`
+    (`backend` picks its implementation); the parameters and state dict of `nn.RMSNorm`."""
+
+    def __init__(self, dim: int, backend: str | None = None) -> None:
+        super().__init__(dim, eps=NORM_EPS)
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: `[..., dim]` -> `[..., dim]`."""
+        return kernels.rms_norm(x, self.weight, self.eps, backend=self.backend)
 
 
 class FeedForwardBlock(nn.Module):
     """Pre-norm residual SwiGLU: h + dropout(W_down(SiLU(W_gate n) * W_up n)) with n = RMSNorm(h).
-    `backend` picks the gating op's implementation (`hqlt.kernels.swiglu`)."""
+    `backend` picks the implementations of its norm and gating ops (`hqlt.kernels`)."""
 
     def __init__(self, dim: int, dropout: float = 0.0, backend: str | None = None) -> None:
         super().__init__()
         self.backend = backend
         hidden = FEED_FORWARD_EXPANSION * dim
-        self.norm = rms_norm(dim)
+        self.norm = RMSNorm(dim, backend)
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
         self.dropout = nn.Dropout(dropout)

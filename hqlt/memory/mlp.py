@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hqlt.memory.blocks import FeedForwardBlock, rms_norm
+from hqlt.memory.blocks import FeedForwardBlock, RMSNorm
 from hqlt.memory.core import MemoryCore, State
 
 
@@ -19,7 +19,7 @@ class MLPCore(MemoryCore):
         super().__init__(input_dim, hidden_dim)
         self.input_proj = nn.Linear(input_dim, hidden_dim, bias=False)
         self.blocks = nn.ModuleList(FeedForwardBlock(hidden_dim, dropout) for _ in range(num_layers))
-        self.final_norm = rms_norm(hidden_dim)
+        self.final_norm = RMSNorm(hidden_dim)
 
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
