@@ -245,6 +245,7 @@ def impala_config():
         ("agent.num_buffers", 1, "agent.num_buffers=1 must be >= agent.batch_segments=2"),
         ("agent.rho_bar", 0.0, "agent.rho_bar must be > 0, got 0.0"),
         ("agent.c_bar", -1.0, "agent.c_bar must be > 0, got -1.0"),
+        ("agent.gae_lambda", 1.5, "agent.gae_lambda must be in [0, 1], got 1.5"),
         ("agent.recall_pairs", 0, "agent.recall_pairs must be >= 1, got 0"),
         ("agent.learning_rate", float("nan"), "agent.learning_rate must be > 0, got nan"),
         ("agent.gamma", 1.5, "agent.gamma must be in [0, 1], got 1.5"),

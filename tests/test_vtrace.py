@@ -1,4 +1,4 @@
-"""V-trace against the paper's n-step sum, against GAE(lambda=1) on-policy, episode boundaries and input checks."""
+"""V-trace against the paper's n-step sum, against GAE(lambda) on-policy, episode boundaries and input checks."""
 
 import math
 
@@ -33,9 +33,10 @@ def random_segment(seed: int, dtype: torch.dtype = torch.float64) -> dict[str, t
     )
 
 
-def reference_vtrace(log_rhos, rewards, values, next_values, terminated, truncated, gamma, rho_bar, c_bar):
-    """The paper's n-step form, per env and step: v_s = V_s + sum_{t=s}^{end} gamma^(t-s) (prod_{i=s}^{t-1} c_i)
-    delta_t, where `end` is the episode's last step in the segment (or the segment's last step)."""
+def reference_vtrace(log_rhos, rewards, values, next_values, terminated, truncated, gamma, rho_bar, c_bar, lam=1.0):
+    """The paper's n-step form, per env and step: v_s = V_s + sum_{t=s}^{end} (gamma lam)^(t-s)
+    (prod_{i=s}^{t-1} c_i) delta_t, where `end` is the episode's last step in the segment (or the
+    segment's last step)."""
     num_envs, num_steps = rewards.shape
     vs = torch.zeros(num_envs, num_steps, dtype=torch.float64)
     advantages = torch.zeros(num_envs, num_steps, dtype=torch.float64)
@@ -48,15 +49,17 @@ def reference_vtrace(log_rhos, rewards, values, next_values, terminated, truncat
         delta = [rho[t] * (r[t] + gamma * bootstrap[t] - v[t]) for t in range(num_steps)]
         for s in range(num_steps):
             end = next(t for t in range(s, num_steps) if ends[t] or t == num_steps - 1)
-            vs[n, s] = v[s] + sum(gamma ** (t - s) * math.prod(c[s:t]) * delta[t] for t in range(s, end + 1))
+            vs[n, s] = v[s] + sum((gamma * lam) ** (t - s) * math.prod(c[s:t]) * delta[t] for t in range(s, end + 1))
         for s in range(num_steps):
-            q = bootstrap[s] if ends[s] or s == num_steps - 1 else vs[n, s + 1].item()
+            last = ends[s] or s == num_steps - 1
+            q = bootstrap[s] if last else lam * vs[n, s + 1].item() + (1 - lam) * bootstrap[s]
             advantages[n, s] = rho[s] * (r[s] + gamma * q - v[s])
     return vs, advantages
 
 
-@pytest.mark.parametrize("rho_bar, c_bar", [(1.0, 1.0), (2.0, 0.5), (0.8, 1.5), (math.inf, math.inf)])
-def test_vtrace_matches_the_papers_n_step_sum(rho_bar, c_bar):
+@pytest.mark.parametrize("rho_bar, c_bar, lam", [(1.0, 1.0, 1.0), (2.0, 0.5, 1.0), (0.8, 1.5, 1.0),
+                                                  (math.inf, math.inf, 1.0), (1.0, 1.0, 0.9), (0.8, 1.5, 0.5)])
+def test_vtrace_matches_the_papers_n_step_sum(rho_bar, c_bar, lam):
     segment = random_segment(seed=0)
     # Ratios on both sides of every finite bar, so clipping matters; both kinds of end inside every row.
     ratios = segment["log_rhos"].exp()
@@ -64,8 +67,8 @@ def test_vtrace_matches_the_papers_n_step_sum(rho_bar, c_bar):
     terminated, truncated = segment["terminated"][:, :-1], segment["truncated"][:, :-1]
     assert terminated.any(dim=1).all() and truncated.any(dim=1).all()
 
-    vs, advantages = vtrace(**segment, gamma=0.9, rho_bar=rho_bar, c_bar=c_bar)
-    expected_vs, expected_advantages = reference_vtrace(**segment, gamma=0.9, rho_bar=rho_bar, c_bar=c_bar)
+    vs, advantages = vtrace(**segment, gamma=0.9, rho_bar=rho_bar, c_bar=c_bar, gae_lambda=lam)
+    expected_vs, expected_advantages = reference_vtrace(**segment, gamma=0.9, rho_bar=rho_bar, c_bar=c_bar, lam=lam)
     assert_close(vs, expected_vs)
     assert_close(advantages, expected_advantages)
 
@@ -78,8 +81,8 @@ def test_vtrace_returns_detached_tensors_in_the_inputs_dtype():
     assert not vs.requires_grad and not advantages.requires_grad
 
 
-@pytest.mark.parametrize("rho_bar, c_bar", [(1.0, 1.0), (1.5, 3.0)])
-def test_on_policy_vtrace_equals_lambda_one_gae(rho_bar, c_bar):
+@pytest.mark.parametrize("rho_bar, c_bar, lam", [(1.0, 1.0, 1.0), (1.5, 3.0, 1.0), (1.0, 1.0, 0.75), (1.5, 3.0, 0.5)])
+def test_on_policy_vtrace_equals_gae(rho_bar, c_bar, lam):
     segment = random_segment(seed=2)
     values, terminated, truncated = segment["values"], segment["terminated"], segment["truncated"]
     zeros = torch.zeros_like(values)
@@ -103,11 +106,11 @@ def test_on_policy_vtrace_equals_lambda_one_gae(rho_bar, c_bar):
     next_values = torch.where(truncated, rollout.final_values, following)
     next_values = torch.where(terminated, segment["next_values"], next_values)
 
-    gamma = 0.9375  # exact in float32: compute_gae multiplies it into a float32 mask
-    gae_advantages, gae_returns = compute_gae(rollout, gamma, gae_lambda=1.0)
+    gamma = 0.9375  # exact in float32 with every lam here: compute_gae multiplies them into a float32 mask
+    gae_advantages, gae_returns = compute_gae(rollout, gamma, gae_lambda=lam)
     vs, advantages = vtrace(
         torch.zeros_like(values), rollout.rewards, values, next_values, terminated, truncated,
-        gamma=gamma, rho_bar=rho_bar, c_bar=c_bar,
+        gamma=gamma, rho_bar=rho_bar, c_bar=c_bar, gae_lambda=lam,
     )
     assert_close(vs, gae_returns)
     assert_close(advantages, gae_advantages)
@@ -156,7 +159,8 @@ def test_vtrace_rejects_flags_that_are_not_bool(name):
 
 
 @pytest.mark.parametrize(
-    "name, value", [("rho_bar", 0.0), ("rho_bar", math.nan), ("c_bar", -1.0), ("gamma", 1.5), ("gamma", -0.1)]
+    "name, value",
+    [("rho_bar", 0.0), ("rho_bar", math.nan), ("c_bar", -1.0), ("gamma", 1.5), ("gamma", -0.1), ("gae_lambda", 1.2)],
 )
 def test_vtrace_rejects_bad_hyperparameters(name, value):
     with pytest.raises(ValueError, match=f"^vtrace: {name} must be"):

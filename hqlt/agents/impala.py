@@ -209,7 +209,7 @@ def vtrace_step(
     next_values = torch.where(segments.truncated, segments.final_values, following)
     vs, advantages = vtrace(
         log_rhos, segments.rewards, values.detach(), next_values, segments.terminated, segments.truncated,
-        cfg.gamma, cfg.rho_bar, cfg.c_bar,
+        cfg.gamma, cfg.rho_bar, cfg.c_bar, cfg.gae_lambda,
     )
 
     # 3. Losses in units of the value statistics' std (PopArt; 1 without normalize_values), so that

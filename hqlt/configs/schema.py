@@ -143,6 +143,8 @@ class ImpalaConfig:
     # deltas and the policy gradient, c_bar for the traces.
     rho_bar: float = 1.0
     c_bar: float = 1.0
+    # lambda of the V-trace targets and advantages: on-policy they are PPO's GAE(gae_lambda) ones.
+    gae_lambda: float = 1.0
     # PopArt value normalisation, as in PPOConfig; the policy gradient is normalised by the same std.
     normalize_values: bool = True
     ent_coef: float = 0.01
@@ -438,7 +440,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     else:
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("update_epochs", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"),
-               ("rho_bar", "> 0"), ("c_bar", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
+               ("rho_bar", "> 0"), ("c_bar", "> 0"), ("gae_lambda", "in [0, 1]"), ("recall_coef", ">= 0"),
+               ("recall_pairs", ">= 1"),
                ("min_entropy", "in [0, 1]"), *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
