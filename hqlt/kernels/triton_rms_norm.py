@@ -98,6 +98,6 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
                          "use backend='reference' for other dtypes")
     if weight.shape != x.shape[-1:]:
         raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} must be x's last dim ({x.shape[-1]},)")
-    if x.shape[-1] > MAX_DIM:  # one row per program: torch's own fused kernel does as well
-        return reference.rms_norm(x, weight, eps)
+    if x.shape[-1] > MAX_DIM:  # one row per program: torch's own fused kernel does as well, in fp32 as the kernel
+        return reference.rms_norm(x.float(), weight.float(), eps).to(x.dtype)
     return RMSNormFunction.apply(x.contiguous(), weight.contiguous(), eps)
