@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Several benchmark commands side by side on one GPU machine, in one device call.
 #   bash benchmarks/gpu_run.sh "COMMAND" ["COMMAND" ...]
-# Installs the carried wheels (every *.whl in the folders WHEELS names that exist, default ".whl .whl-minigrid":
-# carry .whl-minigrid (pygame, 14 MB) only for runs that make MiniGrid envs) into /tmp/site, runs every COMMAND at once from
+# Installs the carried wheels (benchmarks/fetch_wheels.sh downloads them; every *.whl in the folders WHEELS names
+# that exist, default ".whl .whl-minigrid": carry .whl-minigrid (pygame-ce, 12 MB) only for runs that make MiniGrid
+# envs) into /tmp/site, runs every COMMAND at once from
 # the repo root (each one's output in $OUT/logs.tar.gz as <k>.log), waits for all, then packs what
 # they wrote: benchmarks/RESULTS.md, and the TensorBoard events and PNGs under RUNS (default runs/) into
 # $OUT/runs.tar.gz (checkpoints left out). With CHECKPOINTS=1, each run's newest checkpoint also goes into
