@@ -192,6 +192,29 @@ def test_update_epochs_take_that_many_v_trace_steps_on_each_batch(tmp_path, monk
     assert_no_actor_left()
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_normalize_advantages_standardises_the_policy_gradients_advantages(tmp_path, monkeypatch, normalize):
+    real, seen = impala.policy_advantages, []
+
+    def recorded(advantages, value_scale, standardize):
+        weights = real(advantages, value_scale, standardize)
+        seen.append((standardize, weights.mean().item(), weights.std().item(), (advantages / value_scale).std().item()))
+        return weights
+
+    monkeypatch.setattr(impala, "policy_advantages", recorded)
+    cfg = compose([*TINY, "agent.num_actors=1", f"agent.normalize_advantages={normalize}", f"total_steps={STEPS_PER_UPDATE}",
+                   "checkpoint_interval=0", f"log_dir={tmp_path}"])
+    train(cfg)
+    assert len(seen) == cfg.agent.update_epochs
+    for standardize, mean, std, raw_std in seen:
+        assert standardize == normalize
+        if normalize:
+            assert abs(mean) < 1e-5 and abs(std - 1) < 1e-3
+        else:
+            assert std == pytest.approx(raw_std)
+    assert_no_actor_left()
+
+
 def test_ctrl_c_in_a_terminal_stops_learner_and_actors_with_a_checkpoint(tmp_path):
     """Ctrl-C reaches every process of the terminal's foreground group, the actors too: they ignore it,
     the learner saves a checkpoint and stops them, and the command exits with 130."""

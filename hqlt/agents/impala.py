@@ -54,7 +54,7 @@ from torch import Tensor
 from hqlt.agents import distributed, metrics
 from hqlt.agents.policy import Policy, build_policy
 from hqlt.agents.ppo import (
-    ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance,
+    ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance, policy_advantages,
 )
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
 from hqlt.agents.trainer import Trainer, TrainingError, env_options, merge_episodes, seed_everything
@@ -217,7 +217,7 @@ def vtrace_step(
     # PPO's entropy floor under every step's entropy (a T-Maze junction that the corridor's "right"
     # generalised to keeps trying its turns) and PPO's episodic recall objective on the memory.
     value_scale = policy.value_layer.std
-    policy_loss = -(advantages / value_scale * log_probs).mean()
+    policy_loss = -(policy_advantages(advantages, value_scale, cfg.normalize_advantages) * log_probs).mean()
     value_loss = 0.5 * (((values - vs) / value_scale) ** 2).mean()
     entropy_mean = entropy.mean()
     floor_deficit = entropy_deficit(entropy, entropy_floor(policy, cfg))

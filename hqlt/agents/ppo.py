@@ -84,6 +84,17 @@ def entropy_deficit(entropy: Tensor, floor: float) -> Tensor:
     return (floor - entropy).clamp(min=0).mean()
 
 
+def policy_advantages(advantages: Tensor, value_scale: Tensor, standardize: bool) -> Tensor:
+    """The advantages (any shape) that weigh the policy gradient: in units of the returns' scale
+    (PopArt's std; 1 without normalize_values) and, with `standardize`, to mean 0 and std 1 over the
+    batch and all ranks."""
+    advantages = advantages / value_scale
+    if standardize:
+        mean, std = distributed.mean_std(advantages)
+        advantages = (advantages - mean) / (std + 1e-8)
+    return advantages
+
+
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
     """1 - Var(target - predicted) / Var(target); nan when the target is constant."""
     variance = target.var()
@@ -160,12 +171,8 @@ def ppo_update(
                 stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
                 stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip_coef).float().mean())
 
-            # 3. Clipped policy loss on advantages in units of the returns' scale (PopArt's std; 1
-            # without normalize_values), optionally standardised per minibatch.
-            adv = batch.advantages / value_scale
-            if cfg.normalize_advantages:
-                adv_mean, adv_std = distributed.mean_std(adv)
-                adv = (adv - adv_mean) / (adv_std + 1e-8)
+            # 3. Clipped policy loss on the minibatch's advantages.
+            adv = policy_advantages(batch.advantages, value_scale, cfg.normalize_advantages)
             policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
             # 4. Value loss in normalised units (std 1 without normalize_values), optionally clipped

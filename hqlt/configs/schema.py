@@ -147,6 +147,10 @@ class ImpalaConfig:
     gae_lambda: float = 1.0
     # PopArt value normalisation, as in PPOConfig; the policy gradient is normalised by the same std.
     normalize_values: bool = True
+    # Standardise the V-trace advantages over each batch (PPO's normalize_advantages, per minibatch there).
+    # With gae_lambda=0.95 it took batches of 4,096 env steps off chance where neither did alone
+    # (benchmarks/RESULTS.md, "IMPALA: batches of 4,096 env steps").
+    normalize_advantages: bool = False
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     # PPO's episodic recall objective and entropy floor (PPOConfig.recall_coef, .recall_pairs, .min_entropy).
