@@ -1,9 +1,10 @@
 """RMSNorm with a learned scale in Triton (same contract as `reference.rms_norm`).
 
 The transformer-style cores normalise every layer's input, each head's memory output and the final
-output: seven norms per forward of the 2-layer hqlt preset, over rows of 128 (or a head's 32). Rows
-that short leave one row per thread block far from the card's bandwidth; here each program normalises
-a tile of rows (`ROWS x BLOCK_D`, about 4k elements) and keeps 1 / rms per row for the backward.
+output: seven norms per forward of the 2-layer hqlt preset, over rows of 128 (or a head's 32). On rows
+that short torch's fused kernel took about 190 us for 131k rows of 128 fp32 on an H100 (RESULTS,
+"one-pass TF32"), about a fifth of the card's bandwidth; here each program normalises a tile of rows
+(`ROWS x BLOCK_D`, about 4k elements) and keeps 1 / rms per row for the backward.
 The scale's gradient is summed per tile and the tiles' partial sums are added in fp32 afterwards.
 """
 
