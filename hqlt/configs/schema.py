@@ -445,8 +445,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("update_epochs", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"),
                ("rho_bar", "> 0"), ("c_bar", "> 0"), ("gae_lambda", "in [0, 1]"), ("recall_coef", ">= 0"),
-               ("recall_pairs", ">= 1"),
-               ("min_entropy", "in [0, 1]"), *coefficients]
+               ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"), *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 

@@ -48,8 +48,6 @@ ROLLOUT_WINDOWS = (8, 16, 32, 64, 128)
 # Triton specialises integer arguments on == 1 and on divisibility by 16: H > 1 as in every preset; T and the
 # cached steps S multiples of 16 (T=100 with S=40 gave every launch the same shared memory, checked once).
 _HEADS, _STEPS, _WINDOW = 4, 128, 32
-# Every row tile of the norm kernel: its block is the row's width rounded up to a power of two.
-RMS_NORM_DIMS = tuple(2**k for k in range(4, 11))  # triton_rms_norm.MIN_BLOCK to MAX_DIM
 _SWIGLU_HIDDEN = 512  # the feed-forward width of a 128-wide block (any width compiles to the same launch)
 
 
@@ -104,7 +102,10 @@ def all_cases() -> list[Case]:
     """Every head dim, chunk size, dtype (fp32 with and without TF32) and pass of each op; every rollout
     window for the step op."""
     from hqlt.kernels.triton_delta_rule import CHUNK_SIZES
+    from hqlt.kernels.triton_rms_norm import MAX_DIM, MIN_BLOCK
 
+    # Every row tile of the norm kernel: its block is the row's width rounded up to a power of two.
+    rms_norm_dims = [2**k for k in range(MIN_BLOCK.bit_length() - 1, MAX_DIM.bit_length())]
     cases = []
     precisions = [(dtype, False) for dtype in DTYPES] + [(torch.float32, True)]
     for d in HEAD_DIMS:
@@ -115,7 +116,7 @@ def all_cases() -> list[Case]:
                 cases.append(Case("window_attention", d, dtype, backward, window=_WINDOW, tf32=tf32))
             cases += [Case("synchronous_hqlt_step", d, dtype, False, window=w, tf32=tf32) for w in ROLLOUT_WINDOWS]
     cases += [Case("swiglu", 0, dtype, backward) for dtype in DTYPES for backward in (False, True)]
-    cases += [Case("rms_norm", dim, dtype, backward) for dim in RMS_NORM_DIMS for dtype in DTYPES for backward in (False, True)]
+    cases += [Case("rms_norm", dim, dtype, backward) for dim in rms_norm_dims for dtype in DTYPES for backward in (False, True)]
     return cases
 
 
