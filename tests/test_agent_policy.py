@@ -158,3 +158,48 @@ def test_episode_time_counts_the_steps_since_the_episode_began():
         _, values, state = policy(obs, torch.zeros(2, 4, 1, dtype=torch.long), torch.zeros(2, 4), policy.initial_state(2), resets)
     torch.testing.assert_close(state[EPISODE_TIME], torch.tensor([2.0, 4.0]))
     assert values[1].unique().numel() == 4
+
+
+def test_final_steps_act_with_epsilon_and_keep_the_policys_log_probs():
+    """agent.final_steps (PPO): the last steps of an episode as long as the longest that has ended act
+    with probability epsilon uniformly; the log-prob returned is the policy's own, so that PPO trains on
+    a tried action as on one of its own. Other steps, and every step before an episode has ended, act
+    from the policy alone."""
+    torch.manual_seed(0)
+    obs_space, action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), spaces.Discrete(4)
+    policy = Policy(obs_space, action_space, build_core("gru", input_dim=8, hidden_dim=8), head_dim=8,
+                    final_steps=1, final_epsilon=0.4)
+    with torch.no_grad():
+        policy.action_head.net[-1].bias.copy_(torch.tensor([30.0, 0.0, 0.0, 0.0]))  # action 0 all but surely
+    num_envs = 20_000
+    obs, prev_action, prev_reward = torch.zeros(num_envs, 2), torch.zeros(num_envs, 1, dtype=torch.int64), torch.zeros(num_envs)
+
+    def state_at(times: float) -> dict[str, torch.Tensor]:
+        state = policy.initial_state(num_envs)
+        state[EPISODE_TIME].fill_(times)
+        return state
+
+    def act(times: float, resets: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        actions, log_probs, *_ = policy.act(obs, prev_action, prev_reward, state_at(times), torch.full((num_envs,), resets))
+        return actions[:, 0], log_probs
+
+    actions, _ = act(4.0, False)  # step 4 of an episode: nothing has ended yet
+    assert float(policy.longest_episode) == 0 and bool((actions == 0).all())
+    act(5.0, True)  # an episode of 5 steps ended before this step
+    assert float(policy.longest_episode) == 5
+    actions, _ = act(3.0, False)  # step 3 of 5: not a final step
+    assert bool((actions == 0).all())
+    actions, log_probs = act(4.0, False)  # step 4 of 5, the last: epsilon / 4 for each action
+    tried = (actions != 0).float().mean()
+    assert abs(float(tried) - 0.4 * 3 / 4) < 0.02
+    with torch.inference_mode():
+        dist = policy(obs[:, None], prev_action[:, None], prev_reward[:, None], state_at(4.0),
+                      torch.zeros(num_envs, 1, dtype=torch.bool))[0]
+    torch.testing.assert_close(log_probs, dist.log_prob(actions[:, None, None])[:, 0])
+    assert float(log_probs[actions != 0].max()) < -25  # the policy's own, not the mixture's log(0.1)
+
+
+def test_final_steps_take_discrete_actions_only():
+    with pytest.raises(ValueError, match="agent.final_steps explores discrete actions"):
+        Policy(spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), ACTIONS["box"], build_core("gru", input_dim=8, hidden_dim=8),
+               final_steps=1, final_epsilon=0.4)

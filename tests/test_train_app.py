@@ -156,6 +156,8 @@ def test_unknown_options_and_keys_list_the_valid_ones(overrides, message):
         (["agent.gamma=1.5"], "agent.gamma must be in [0, 1], got 1.5"),
         (["agent.gae_lambda=-0.1"], "agent.gae_lambda must be in [0, 1], got -0.1"),
         (["agent.clip_coef=0"], "agent.clip_coef must be > 0, got 0.0"),
+        (["agent.final_steps=-1"], "agent.final_steps must be >= 0, got -1"),
+        (["agent.epsilon=1.5"], "agent.epsilon must be in [0, 1], got 1.5"),
         (["agent.ent_coef=-0.01"], "agent.ent_coef must be >= 0, got -0.01"),
         (["agent.vf_coef=-1"], "agent.vf_coef must be >= 0, got -1.0"),
         (["agent.max_grad_norm=0"], "agent.max_grad_norm must be > 0, got 0.0"),

@@ -17,6 +17,12 @@ from torch.distributions import Normal
 from hqlt.agents.encoders import OneHot
 
 
+def epsilon_mixture(log_probs: Tensor, epsilons: Tensor) -> Tensor:
+    """log((1 - eps) p + eps / n): normalised log-probs `[..., n]` mixed with the uniform distribution,
+    epsilons broadcasting to `[..., 1]` (0 leaves a row as it is)."""
+    return torch.logaddexp(log_probs + torch.log1p(-epsilons), (epsilons / log_probs.shape[-1]).log())
+
+
 class ActionDistribution:
     """Independent categoricals (`logits` split by `nvec`) or a diagonal Gaussian (`mean`, `std`).
 
@@ -48,6 +54,11 @@ class ActionDistribution:
         if self.nvec is not None:
             return sum(log_p.gather(-1, actions[..., i, None])[..., 0] for i, log_p in enumerate(self.log_probs))
         return self.gaussian.log_prob(actions).sum(-1)
+
+    def explored(self, epsilons: Tensor) -> ActionDistribution:
+        """Each categorical mixed with the uniform one, epsilons `[...]` (the leading dims); discrete actions only."""
+        mixed = [epsilon_mixture(log_p, epsilons.unsqueeze(-1)) for log_p in self.log_probs]
+        return ActionDistribution(torch.cat(mixed, dim=-1), self.nvec)
 
     def entropy(self) -> Tensor:
         if self.nvec is not None:

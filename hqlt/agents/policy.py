@@ -27,12 +27,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from hqlt.agents.actions import ActionDistribution, ActionHead, init_layer
+from hqlt.agents.actions import ActionDistribution, ActionHead, epsilon_mixture, init_layer
 from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt, RunningMoments
 from hqlt.agents.recall import EpisodicRecall
-from hqlt.configs.schema import ConfigError, DQNConfig, TrainConfig
+from hqlt.configs.schema import ConfigError, DQNConfig, PPOConfig, TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
 from hqlt.memory.segment import last_reset
@@ -73,9 +73,11 @@ class Policy(nn.Module):
 
     def __init__(
         self, observation_space: spaces.Space, action_space: spaces.Space, core: MemoryCore, head_dim: int = 64,
-        compare: bool = False,
+        compare: bool = False, final_steps: int = 0, final_epsilon: float = 0.0,
     ) -> None:
         super().__init__()
+        if final_steps and not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+            raise ConfigError(f"agent.final_steps explores discrete actions; this env's action space is {action_space}")
         self.encoder = build_encoder(describe_space(observation_space))
         self.action_head = ActionHead(action_space, core.hidden_dim, head_dim)
         in_dim = self.encoder.out_dim + self.action_head.input_dim + 2
@@ -96,6 +98,10 @@ class Policy(nn.Module):
         # The episodic recall objective's projections (hqlt/agents/recall.py); trained when the learner
         # weighs that objective (agent.recall_coef), never used to act.
         self.recall = EpisodicRecall(core.hidden_dim, self.encoder.out_dim)
+        self.final_steps, self.final_epsilon = final_steps, final_epsilon
+        # Steps of the longest episode that has ended while acting (0: none yet). Not saved: a resumed run
+        # measures it again from its first ended episode.
+        self.register_buffer("longest_episode", torch.zeros(()), persistent=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[Policy, TrainConfig]:
@@ -149,8 +155,10 @@ class Policy(nn.Module):
         """obs `[B, T, *obs_shape]`, prev_actions `[B, T, *action_shape]`, prev_rewards `[B, T]`, resets bool `[B, T]`.
 
         Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1
-        (written into `state`'s tensors with `in_place`, see `MemoryCore`).
+        (written into `state`'s tensors with `in_place`, see `MemoryCore`). Updates `longest_episode` from
+        the episodes that `resets` shows ended.
         """
+        self.measure_episodes(episode_times(state[EPISODE_TIME], resets), state[EPISODE_TIME], resets)
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         return self.action_head(y), self.critic(y).squeeze(-1), state
 
@@ -190,11 +198,31 @@ class Policy(nn.Module):
         (with `in_place`: `state`'s own tensors, updated). The rollout's only policy call per step, so
         that a captured (CUDA-graph) version can replace it.
         """
+        times = episode_times(state[EPISODE_TIME], resets[:, None])  # before `self` may advance the state in place
         dist, values, state = self(
             obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None], in_place=in_place
         )
-        actions = dist.mode() if greedy else dist.sample()
+        if greedy:
+            actions = dist.mode()
+        elif self.final_steps and self.final_epsilon:
+            actions = dist.explored(self.final_epsilon * self.in_final_steps(times)).sample()
+        else:
+            actions = dist.sample()
         return actions[:, 0], dist.log_prob(actions)[:, 0], values[:, 0], state
+
+    @torch.no_grad()
+    def measure_episodes(self, times: Tensor, carried: Tensor, resets: Tensor) -> None:
+        """Raises `longest_episode` (in place, so that a captured CUDA graph does it too) to the length of
+        every episode that ends before a reset: times `[B, T]` (`episode_times`), carried `[B]` (the
+        state's EPISODE_TIME before step 0), resets bool `[B, T]`."""
+        lengths = torch.cat([carried[:, None], times[:, :-1] + 1], dim=1)  # of the episode before each step
+        ended = torch.where(resets, lengths, 0.0).max()
+        torch.maximum(self.longest_episode, ended, out=self.longest_episode)
+
+    def in_final_steps(self, times: Tensor) -> Tensor:
+        """Whether each step of episode times `[B, T]` is among the last `final_steps` of an episode as long
+        as the longest that has ended while acting, bool `[B, T]` (none before one has ended)."""
+        return (times >= self.longest_episode - self.final_steps) & (self.longest_episode > 0)
 
     @torch.inference_mode()
     def value(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, state: State, resets: Tensor) -> Tensor:
@@ -239,17 +267,14 @@ class QPolicy(Policy):
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
-        super().__init__(observation_space, action_space, core, head_dim, compare)
+        # final_steps through Policy's measure of the longest episode; their epsilon is mixed in here, per env
+        super().__init__(observation_space, action_space, core, head_dim, compare, final_steps)
         # V starts near 0 at every state, as the advantages start near 0: every Q-value bootstraps from
         # the one next to it, so an initial V that varies by state (about +-1 with the critic's usual
         # unit gain, more than a whole episode's penalties on T-Maze) is copied along the corridor and
         # drowns the penalties of 1/L per step that tell its actions apart (benchmarks/RESULTS.md).
         nn.init.orthogonal_(self.value_layer.weight, 0.01)
         self.temperature, self.temperature_alpha, self.epsilon = temperature, temperature_alpha, epsilon
-        self.final_steps = final_steps
-        # Steps of the longest episode that has ended while acting (0: none yet). Not saved: a resumed run
-        # measures it again from its first ended episode.
-        self.register_buffer("longest_episode", torch.zeros(()), persistent=False)
 
     def exploration(self, num_rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """tau_i and eps_i of rows i = 0 .. num_rows - 1, float `[num_rows]` each (the class docstring)."""
@@ -266,26 +291,16 @@ class QPolicy(Policy):
     ) -> tuple[ActionDistribution, Tensor, State]:
         """As `Policy.forward`: the exploring distribution over `[B, T]` (row b's temperature and epsilon
         from `exploration(B)`; `epsilon` in an episode's final steps), the greedy values max_a Q `[B, T]`
-        and the next state. Updates `longest_episode` from the episodes that `resets` shows ended."""
+        and the next state. Updates `longest_episode` as `Policy.forward` does."""
         times = episode_times(state[EPISODE_TIME], resets)  # before `memory` may advance the state in place
         self.measure_episodes(times, state[EPISODE_TIME], resets)
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         q = self.q_values(y)
         temperatures, epsilons = self.exploration(q.shape[0], q.device)
-        final = (times >= self.longest_episode - self.final_steps) & (self.longest_episode > 0)
-        epsilons = torch.where(final, self.epsilon, epsilons[:, None]).unsqueeze(-1)
+        epsilons = torch.where(self.in_final_steps(times), self.epsilon, epsilons[:, None]).unsqueeze(-1)
         boltzmann = (q / (self.value_layer.std * temperatures[:, None, None])).log_softmax(-1)
-        log_probs = torch.logaddexp(boltzmann + torch.log1p(-epsilons), (epsilons / q.shape[-1]).log())
+        log_probs = epsilon_mixture(boltzmann, epsilons)
         return ActionDistribution(log_probs, self.action_head.nvec), q.max(-1).values, state
-
-    @torch.no_grad()
-    def measure_episodes(self, times: Tensor, carried: Tensor, resets: Tensor) -> None:
-        """Raises `longest_episode` (in place, so that a captured CUDA graph does it too) to the length of
-        every episode that ends before a reset: times `[B, T]` (`episode_times`), carried `[B]` (the
-        state's EPISODE_TIME before step 0), resets bool `[B, T]`."""
-        lengths = torch.cat([carried[:, None], times[:, :-1] + 1], dim=1)  # of the episode before each step
-        ended = torch.where(resets, lengths, 0.0).max()
-        torch.maximum(self.longest_episode, ended, out=self.longest_episode)
 
     @torch.no_grad()
     def update_value_statistics(self, targets: Tensor, mask: Tensor | None = None) -> None:
@@ -306,4 +321,5 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     if isinstance(agent, DQNConfig):
         return QPolicy(observation_space, action_space, core, agent.head_dim, agent.compare, agent.temperature,
                        agent.temperature_alpha, agent.epsilon, agent.final_steps)
-    return Policy(observation_space, action_space, core, agent.head_dim, agent.compare)
+    final = {"final_steps": agent.final_steps, "final_epsilon": agent.epsilon} if isinstance(agent, PPOConfig) else {}
+    return Policy(observation_space, action_space, core, agent.head_dim, agent.compare, **final)

@@ -98,6 +98,12 @@ class PPOConfig:
     # actions): below it a penalty holds the policy, so that a state the rest of the policy's
     # determinism generalised to (a T-Maze junction) still tries its other actions; 0 turns it off.
     min_entropy: float = 0.01
+    # The last final_steps steps of an episode as long as the longest ended so far act with probability epsilon
+    # uniformly, trained on as the policy's own actions (their log-probs are the policy's): a task's last
+    # decision that the policy's determinism elsewhere generalised to (a T-Maze junction) is tried in a constant
+    # share of the episodes, and each try with a positive advantage raises it by PPO's clip. 0: off.
+    final_steps: int = 0
+    epsilon: float = 0.4
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True
     # Stop an update's epochs early once the approximate KL passes this; null never stops.
@@ -438,7 +444,7 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
     elif isinstance(agent, PPOConfig):
         own = [("num_envs", ">= 1"), ("rollout_length", ">= 1"), ("update_epochs", ">= 1"), ("sequence_length", ">= 0"),
                ("gae_lambda", "in [0, 1]"), ("clip_coef", "> 0"), ("recall_coef", ">= 0"), ("recall_pairs", ">= 1"),
-               ("min_entropy", "in [0, 1]"), *coefficients]
+               ("min_entropy", "in [0, 1]"), ("final_steps", ">= 0"), ("epsilon", "in [0, 1]"), *coefficients]
         if agent.target_kl is not None:
             own.append(("target_kl", "> 0"))
     else:
