@@ -199,7 +199,8 @@ def test_final_steps_act_with_epsilon_and_keep_the_policys_log_probs():
     assert float(log_probs[actions != 0].max()) < -25  # the policy's own, not the mixture's log(0.1)
 
 
-def test_final_steps_take_discrete_actions_only():
-    with pytest.raises(ValueError, match="agent.final_steps explores discrete actions"):
-        Policy(spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), ACTIONS["box"], build_core("gru", input_dim=8, hidden_dim=8),
-               final_steps=1, final_epsilon=0.4)
+def test_final_steps_leave_box_actions_alone():
+    """Uniform actions need a bounded space: with Box actions the last steps act from the policy alone."""
+    policy = Policy(OBSERVATIONS["box"], ACTIONS["box"], build_core("gru", input_dim=8, hidden_dim=8), final_steps=1,
+                    final_epsilon=0.4)
+    assert policy.final_steps == 0

@@ -76,8 +76,6 @@ class Policy(nn.Module):
         compare: bool = False, final_steps: int = 0, final_epsilon: float = 0.0,
     ) -> None:
         super().__init__()
-        if final_steps and not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
-            raise ConfigError(f"agent.final_steps explores discrete actions; this env's action space is {action_space}")
         self.encoder = build_encoder(describe_space(observation_space))
         self.action_head = ActionHead(action_space, core.hidden_dim, head_dim)
         in_dim = self.encoder.out_dim + self.action_head.input_dim + 2
@@ -98,7 +96,9 @@ class Policy(nn.Module):
         # The episodic recall objective's projections (hqlt/agents/recall.py); trained when the learner
         # weighs that objective (agent.recall_coef), never used to act.
         self.recall = EpisodicRecall(core.hidden_dim, self.encoder.out_dim)
-        self.final_steps, self.final_epsilon = final_steps, final_epsilon
+        # Exploring the last steps takes uniform actions: discrete ones only (a Box may be unbounded).
+        self.final_steps = final_steps if self.action_head.nvec is not None else 0
+        self.final_epsilon = final_epsilon
         # Steps of the longest episode that has ended while acting (0: none yet). Not saved: a resumed run
         # measures it again from its first ended episode.
         self.register_buffer("longest_episode", torch.zeros(()), persistent=False)
