@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 
 from hqlt.agents import Policy, train
-from hqlt.agents.policy import EPISODE_TIME, episode_times
+from hqlt.agents.policy import EPISODE_TIME, build_policy, episode_times
 from hqlt.configs import compose
 from hqlt.memory import build_core
 
@@ -204,3 +204,12 @@ def test_final_steps_leave_box_actions_alone():
     policy = Policy(OBSERVATIONS["box"], ACTIONS["box"], build_core("gru", input_dim=8, hidden_dim=8), final_steps=1,
                     final_epsilon=0.4)
     assert policy.final_steps == 0
+
+
+@pytest.mark.parametrize("agent", ["ppo", "impala"])
+def test_the_policy_gradient_learners_explore_the_last_step_by_default(agent):
+    cfg = compose([f"agent={agent}"])
+    policy = build_policy(cfg, spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32), spaces.Discrete(4))
+    assert (policy.final_steps, policy.final_epsilon) == (1, 0.1)
+    cfg = compose([f"agent={agent}", "agent.final_steps=0"])
+    assert build_policy(cfg, spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32), spaces.Discrete(4)).final_steps == 0

@@ -32,7 +32,7 @@ from hqlt.agents.checkpoint import CheckpointError, load_checkpoint
 from hqlt.agents.encoders import build_encoder
 from hqlt.agents.popart import PopArt, RunningMoments
 from hqlt.agents.recall import EpisodicRecall
-from hqlt.configs.schema import ConfigError, DQNConfig, PPOConfig, TrainConfig
+from hqlt.configs.schema import ConfigError, DQNConfig, ImpalaConfig, PPOConfig, TrainConfig
 from hqlt.envs import describe_space, make
 from hqlt.memory import MemoryCore, State, build_core
 from hqlt.memory.segment import last_reset
@@ -321,5 +321,6 @@ def build_policy(cfg: TrainConfig, observation_space: spaces.Space, action_space
     if isinstance(agent, DQNConfig):
         return QPolicy(observation_space, action_space, core, agent.head_dim, agent.compare, agent.temperature,
                        agent.temperature_alpha, agent.epsilon, agent.final_steps)
-    final = {"final_steps": agent.final_steps, "final_epsilon": agent.epsilon} if isinstance(agent, PPOConfig) else {}
+    explores_last_steps = isinstance(agent, (PPOConfig, ImpalaConfig))
+    final = {"final_steps": agent.final_steps, "final_epsilon": agent.epsilon} if explores_last_steps else {}
     return Policy(observation_space, action_space, core, agent.head_dim, agent.compare, **final)

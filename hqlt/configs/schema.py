@@ -161,10 +161,13 @@ class ImpalaConfig:
     normalize_advantages: bool = False
     ent_coef: float = 0.01
     vf_coef: float = 0.5
-    # PPO's episodic recall objective and entropy floor (PPOConfig.recall_coef, .recall_pairs, .min_entropy).
+    # PPO's episodic recall objective, entropy floor and exploration of an episode's last steps
+    # (PPOConfig.recall_coef, .recall_pairs, .min_entropy, .final_steps, .epsilon).
     recall_coef: float = 0.1
     recall_pairs: int = 32
     min_entropy: float = 0.01
+    final_steps: int = 1
+    epsilon: float = 0.1
     max_grad_norm: float = 0.5
     encoder_dim: int = 64
     head_dim: int = 64
@@ -453,7 +456,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
         own = [("num_actors", ">= 1"), ("envs_per_actor", ">= 1"), ("segment_length", ">= 1"), ("num_buffers", ">= 1"),
                ("batch_segments", ">= 1"), ("update_epochs", ">= 1"), ("max_policy_lag", ">= 0"), ("burn_in", ">= 0"),
                ("rho_bar", "> 0"), ("c_bar", "> 0"), ("gae_lambda", "in [0, 1]"), ("recall_coef", ">= 0"),
-               ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"), *coefficients]
+               ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"), ("final_steps", ">= 0"), ("epsilon", "in [0, 1]"),
+               *coefficients]
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
