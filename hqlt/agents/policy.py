@@ -196,7 +196,9 @@ class Policy(nn.Module):
 
         Returns actions `[N, *action_shape]`, their log-probs `[N]`, values `[N]` and the next state
         (with `in_place`: `state`'s own tensors, updated). The rollout's only policy call per step, so
-        that a captured (CUDA-graph) version can replace it.
+        that a captured (CUDA-graph) version can replace it. With `final_steps`, a sampled action at an
+        episode's last steps (`in_final_steps`) is drawn with probability `final_epsilon` uniformly, and its
+        log-prob is still the policy's own (PPOConfig.final_steps).
         """
         times = episode_times(state[EPISODE_TIME], resets[:, None])  # before `self` may advance the state in place
         dist, values, state = self(
