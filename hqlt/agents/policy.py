@@ -155,10 +155,8 @@ class Policy(nn.Module):
         """obs `[B, T, *obs_shape]`, prev_actions `[B, T, *action_shape]`, prev_rewards `[B, T]`, resets bool `[B, T]`.
 
         Returns the action distribution over `[B, T]`, values `[B, T]` and the state after step T-1
-        (written into `state`'s tensors with `in_place`, see `MemoryCore`). Updates `longest_episode` from
-        the episodes that `resets` shows ended.
+        (written into `state`'s tensors with `in_place`, see `MemoryCore`).
         """
-        self.measure_episodes(episode_times(state[EPISODE_TIME], resets), state[EPISODE_TIME], resets)
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)
         return self.action_head(y), self.critic(y).squeeze(-1), state
 
@@ -198,15 +196,18 @@ class Policy(nn.Module):
         (with `in_place`: `state`'s own tensors, updated). The rollout's only policy call per step, so
         that a captured (CUDA-graph) version can replace it. With `final_steps`, a sampled action at an
         episode's last steps (`in_final_steps`) is drawn with probability `final_epsilon` uniformly, and its
-        log-prob is still the policy's own (PPOConfig.final_steps).
+        log-prob is still the policy's own (PPOConfig.final_steps); such steps measure `longest_episode`.
         """
-        times = episode_times(state[EPISODE_TIME], resets[:, None])  # before `self` may advance the state in place
+        explores = not greedy and self.final_steps > 0 and self.final_epsilon > 0
+        if explores:  # before `self` may advance the state in place
+            times = episode_times(state[EPISODE_TIME], resets[:, None])
+            self.measure_episodes(times, state[EPISODE_TIME], resets[:, None])
         dist, values, state = self(
             obs[:, None], prev_action[:, None], prev_reward[:, None], state, resets[:, None], in_place=in_place
         )
         if greedy:
             actions = dist.mode()
-        elif self.final_steps and self.final_epsilon:
+        elif explores:
             actions = dist.explored(self.final_epsilon * self.in_final_steps(times)).sample()
         else:
             actions = dist.sample()
@@ -269,7 +270,7 @@ class QPolicy(Policy):
     ) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ConfigError(f"agent=dqn takes Discrete action spaces; this env's is {action_space}")
-        # final_steps through Policy's measure of the longest episode; their epsilon is mixed in here, per env
+        # final_steps with no final_epsilon: Policy.act leaves the last steps' epsilon to `forward`, per env
         super().__init__(observation_space, action_space, core, head_dim, compare, final_steps)
         # V starts near 0 at every state, as the advantages start near 0: every Q-value bootstraps from
         # the one next to it, so an initial V that varies by state (about +-1 with the critic's usual
@@ -293,7 +294,7 @@ class QPolicy(Policy):
     ) -> tuple[ActionDistribution, Tensor, State]:
         """As `Policy.forward`: the exploring distribution over `[B, T]` (row b's temperature and epsilon
         from `exploration(B)`; `epsilon` in an episode's final steps), the greedy values max_a Q `[B, T]`
-        and the next state. Updates `longest_episode` as `Policy.forward` does."""
+        and the next state. Updates `longest_episode` from the episodes that `resets` shows ended."""
         times = episode_times(state[EPISODE_TIME], resets)  # before `memory` may advance the state in place
         self.measure_episodes(times, state[EPISODE_TIME], resets)
         y, _, state = self.memory(obs, prev_actions, prev_rewards, state, resets, in_place=in_place)

@@ -99,11 +99,11 @@ class PPOConfig:
     # determinism generalised to (a T-Maze junction) still tries its other actions; 0 turns it off.
     min_entropy: float = 0.01
     # The last final_steps steps of an episode as long as the longest ended so far act with probability epsilon
-    # uniformly (discrete action spaces; sampled actions only: greedy ones never explore), trained on as the policy's own actions (their
-    # log-probs are the policy's): a task's last decision that the policy's determinism elsewhere generalised
-    # to (a T-Maze junction) is tried in a constant share of the episodes, and each try with a positive
-    # advantage raises it by up to PPO's clip (benchmarks/RESULTS.md, "PPO tries the T-Maze turn"). The
-    # price: that share of the last steps acts at random in training. 0: off.
+    # uniformly (discrete action spaces; sampled actions only: greedy ones never explore), trained on as the
+    # policy's own actions (their log-probs are the policy's): a task's last decision that the policy's
+    # determinism elsewhere generalised to (a T-Maze junction) is tried in a constant share of the episodes,
+    # and each try with a positive advantage raises it by up to PPO's clip (benchmarks/RESULTS.md, "PPO tries
+    # the T-Maze turn"). The price: that share of the last steps acts at random in training. 0: off.
     final_steps: int = 1
     epsilon: float = 0.1
     max_grad_norm: float = 0.5
