@@ -270,6 +270,7 @@ def impala_config():
         ("agent.c_bar", -1.0, "agent.c_bar must be > 0, got -1.0"),
         ("agent.gae_lambda", 1.5, "agent.gae_lambda must be in [0, 1], got 1.5"),
         ("agent.recall_pairs", 0, "agent.recall_pairs must be >= 1, got 0"),
+        ("agent.lr_target_kl", 0.0, "agent.lr_target_kl must be > 0, got 0.0"),
         ("agent.learning_rate", float("nan"), "agent.learning_rate must be > 0, got nan"),
         ("agent.gamma", 1.5, "agent.gamma must be in [0, 1], got 1.5"),
         ("agent.name", "ppo", "agent.name='ppo' is not the name of the agent whose keys these are (ImpalaConfig)"),

@@ -163,6 +163,7 @@ def test_unknown_options_and_keys_list_the_valid_ones(overrides, message):
         (["agent.max_grad_norm=0"], "agent.max_grad_norm must be > 0, got 0.0"),
         (["agent.recall_pairs=0"], "agent.recall_pairs must be >= 1, got 0"),
         (["agent.target_kl=0"], "agent.target_kl must be > 0, got 0.0"),
+        (["agent.lr_target_kl=-0.01"], "agent.lr_target_kl must be > 0, got -0.01"),
         (["agent.learning_rate=nan"], "agent.learning_rate must be > 0, got nan"),
         (["agent.sequence_length=100"], "agent.sequence_length=100 must divide agent.rollout_length=128"),
         (["agent.num_minibatches=3"], "agent.num_minibatches=3 must divide the number of training sequences"),

@@ -76,7 +76,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert names == [f"step{2 * STEPS_PER_UPDATE:010d}.pt", f"step{4 * STEPS_PER_UPDATE:010d}.pt"]
     checkpoint = load_checkpoint(run_dir / "checkpoints" / names[-1])
     assert set(checkpoint) >= {"model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector"}
-    assert checkpoint["lr_schedule"] == {"start": 0, "start_lr": 3e-4, "end": 4}
+    assert checkpoint["lr_schedule"] == {"start": 0, "start_lr": 3e-4, "end": 4, "scale": 1.0}
     assert set(checkpoint["collector"]) == {"obs", "resets", "prev_action", "prev_reward", "state", "envs"}
     assert checkpoint["counters"] == {"update": 4, "global_step": 4 * STEPS_PER_UPDATE}
     assert checkpoint["config"]["memory"]["core"] == "lstm"
@@ -183,6 +183,32 @@ def test_raising_total_steps_on_resume_continues_the_learning_rate(tmp_path):
     again = resume_copy(checkpoint_path(tmp_path / "extended", 6), tmp_path / "again")
     train(tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={again}"))
     assert learning_rates(tmp_path / "again") == pytest.approx({update: expected[update] for update in (6, 7)})
+
+
+@pytest.mark.parametrize(("target_kl", "factor"), [(1e3, 1.5), (1e-12, 1 / 1.5)])
+def test_lr_target_kl_scales_the_rate_after_each_update_and_resume_keeps_the_scale(tmp_path, target_kl, factor):
+    """Each update's approximate KL far below the target raises the rate by 1.5, far above lowers it; a
+    resumed run goes on from the scale reached."""
+    extra = ("agent.anneal_lr=false", f"agent.lr_target_kl={target_kl}")
+    train(tiny_config(tmp_path, *extra))
+    (run_dir,) = run_dirs(tmp_path)
+    expected = {update: 3e-4 * factor**update for update in range(4)}
+    assert learning_rates(run_dir) == pytest.approx(expected)
+    resumed = resume_copy(checkpoint_path(run_dir, 2), tmp_path / "resumed")
+    train(tiny_config(tmp_path, *extra, f"resume={resumed}"))
+    assert learning_rates(tmp_path / "resumed") == pytest.approx({update: expected[update] for update in (2, 3)})
+
+
+def test_adapted_schedule_stays_within_its_scale_bounds():
+    schedule = trainer_module.LearningRateSchedule(0, 1.0, 10)
+    low, high = trainer_module.LR_SCALE_BOUNDS
+    for _ in range(50):
+        schedule = schedule.adapted(kl=1.0, target_kl=0.01)
+    assert schedule.scale == low
+    assert schedule.adapted(kl=0.01, target_kl=0.01) is schedule  # inside [target / 2, 2 x target]: kept
+    for _ in range(50):
+        schedule = schedule.adapted(kl=0.0, target_kl=0.01)
+    assert schedule.scale == high
 
 
 def test_raising_total_steps_of_a_finished_annealed_run_is_refused(tmp_path):

@@ -18,6 +18,9 @@ FINAL_SUCCESS = "final/success"
 
 SPS = "perf/sps"
 LEARNING_RATE = "train/learning_rate"
+# The approximate KL of an update (PPO: of the acting policy to the learner's over the update's minibatches;
+# IMPALA: of the actors' to the learner's on the batch): what agent.lr_target_kl holds the learning rate to.
+APPROX_KL = "train/approx_kl"
 
 # ppo_update's summary keys -> tags.
 UPDATE_TAGS = {
@@ -26,7 +29,7 @@ UPDATE_TAGS = {
     "value_loss": "loss/value",  # in units of the value statistics' std (PopArt)
     "entropy": "loss/entropy",
     "recall_loss": "loss/recall",  # the episodic recall objective's InfoNCE (ln of the minibatch's rows at chance)
-    "approx_kl": "train/approx_kl",
+    "approx_kl": APPROX_KL,
     "clip_fraction": "train/clip_fraction",
     "explained_variance": "train/explained_variance",
     "grad_norm": "train/grad_norm",

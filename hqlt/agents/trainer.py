@@ -134,16 +134,34 @@ def restart_seed(seed: int, global_step: int) -> int:
     return seed + global_step
 
 
+# The KL-adaptive learning rate (agent.lr_target_kl): the factor per update and the bounds of its scale.
+LR_ADAPT_FACTOR = 1.5
+LR_SCALE_BOUNDS = (0.01, 30.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class LearningRateSchedule:
-    """The learning rate annealed linearly from `start_lr` at update `start` to 0 at update `end`."""
+    """The learning rate annealed linearly from `start_lr` at update `start` to 0 at update `end`, times
+    `scale`, which `adapted` moves to hold each update's KL near a target."""
 
     start: int
     start_lr: float
     end: int
+    scale: float = 1.0
 
     def at(self, update: int) -> float:
         return self.start_lr * (1.0 - (update - self.start) / (self.end - self.start))
+
+    def adapted(self, kl: float, target_kl: float) -> LearningRateSchedule:
+        """The schedule after an update whose approximate KL was `kl`: the scale up by LR_ADAPT_FACTOR
+        below half the target, down above twice it (rl_games' adaptive schedule), within LR_SCALE_BOUNDS."""
+        if kl < target_kl / 2:
+            scale = self.scale * LR_ADAPT_FACTOR
+        elif kl > target_kl * 2:
+            scale = self.scale / LR_ADAPT_FACTOR
+        else:
+            return self
+        return dataclasses.replace(self, scale=min(max(scale, LR_SCALE_BOUNDS[0]), LR_SCALE_BOUNDS[1]))
 
 
 def collector_state(collector: Collector) -> dict[str, Any] | None:
@@ -365,7 +383,7 @@ class Trainer:
 
     def _train_one_update(self) -> None:
         cfg, agent = self.cfg, self.cfg.agent
-        learning_rate = self.schedule.at(self.update) if agent.anneal_lr else agent.learning_rate
+        learning_rate = (self.schedule.at(self.update) if agent.anneal_lr else agent.learning_rate) * self.schedule.scale
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
 
@@ -373,7 +391,10 @@ class Trainer:
         self.global_step += self.steps_per_update
         self._log_episodes(merge_episodes(distributed.all_gather_objects(episodes)))
 
-        self._log(self._update(experience))
+        update_stats = self._update(experience)
+        self._log(update_stats)
+        if getattr(agent, "lr_target_kl", None) is not None:  # PPO and IMPALA
+            self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], agent.lr_target_kl)
         self.update += 1
         self._log({metrics.LEARNING_RATE: learning_rate})
         diagnose = self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates
@@ -597,7 +618,7 @@ class Trainer:
         (no jump in the learning rate)."""
         if stored.end == self.num_updates:
             return stored
-        schedule = LearningRateSchedule(self.update, stored.at(self.update), self.num_updates)
+        schedule = LearningRateSchedule(self.update, stored.at(self.update), self.num_updates, stored.scale)
         if self.cfg.agent.anneal_lr and schedule.start_lr <= 0 and self.update < self.num_updates:
             raise ConfigError(
                 f"cannot raise total_steps when resuming {path}: its learning rate has annealed to 0 "

@@ -110,6 +110,10 @@ class PPOConfig:
     normalize_advantages: bool = True
     # Stop an update's epochs early once the approximate KL passes this; null never stops.
     target_kl: float | None = None
+    # Hold each update's approximate KL (train/approx_kl) near this by scaling the learning rate (its
+    # schedule's value) by 1.5 after an update below half of it and by 1/1.5 above twice it, within
+    # [0.01, 30] x; null: the schedule alone.
+    lr_target_kl: float | None = None
     # Width of the observation encoder's output, which is the memory core's input.
     encoder_dim: int = 64
     # Width of the hidden layer of the actor and critic heads.
@@ -146,6 +150,8 @@ class ImpalaConfig:
     burn_in: int = 0
     learning_rate: float = 3e-4
     anneal_lr: bool = True
+    # As in PPOConfig; IMPALA's approximate KL is that of the actors' policy to the learner's on the batch.
+    lr_target_kl: float | None = None
     gamma: float = 0.99
     # V-trace's truncation of the importance ratios (Espeholt et al. 2018): rho_bar for the targets'
     # deltas and the policy gradient, c_bar for the traces.
@@ -458,6 +464,8 @@ def agent_bounds(agent: PPOConfig | ImpalaConfig | SACConfig | DQNConfig) -> lis
                ("rho_bar", "> 0"), ("c_bar", "> 0"), ("gae_lambda", "in [0, 1]"), ("recall_coef", ">= 0"),
                ("recall_pairs", ">= 1"), ("min_entropy", "in [0, 1]"), ("final_steps", ">= 0"), ("epsilon", "in [0, 1]"),
                *coefficients]
+    if isinstance(agent, (PPOConfig, ImpalaConfig)) and agent.lr_target_kl is not None:
+        own.append(("lr_target_kl", "> 0"))
     return [(f"agent.{name}", getattr(agent, name), bound) for name, bound in own + shared]
 
 
