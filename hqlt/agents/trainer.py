@@ -154,7 +154,7 @@ class LearningRateSchedule:
 
     def adapted(self, kl: float, target_kl: float) -> LearningRateSchedule:
         """The schedule after an update whose approximate KL was `kl`: the scale up by LR_ADAPT_FACTOR
-        below half the target, down above twice it (rl_games' adaptive schedule), within LR_SCALE_BOUNDS."""
+        below half the target, down above twice it, within LR_SCALE_BOUNDS."""
         if kl < target_kl / 2:
             scale = self.scale * LR_ADAPT_FACTOR
         elif kl > target_kl * 2:
