@@ -199,6 +199,12 @@ def test_lr_target_kl_scales_the_rate_after_each_update_and_resume_keeps_the_sca
     assert learning_rates(tmp_path / "resumed") == pytest.approx({update: expected[update] for update in (2, 3)})
 
 
+def test_the_kl_target_scales_with_the_policys_entropy_share():
+    assert trainer_module.entropy_share(0.5, 2.0) == 0.25
+    assert trainer_module.entropy_share(3.0, 2.0) == 1.0  # clamped
+    assert trainer_module.entropy_share(-1.0, None) == 1.0  # continuous actions: the target as given
+
+
 def test_adapted_schedule_stays_within_its_scale_bounds():
     schedule = trainer_module.LearningRateSchedule(0, 1.0, 10)
     low, high = trainer_module.LR_SCALE_BOUNDS

@@ -164,6 +164,14 @@ class LearningRateSchedule:
         return dataclasses.replace(self, scale=min(max(scale, LR_SCALE_BOUNDS[0]), LR_SCALE_BOUNDS[1]))
 
 
+def entropy_share(entropy: float, max_entropy: float | None) -> float:
+    """A policy's mean entropy as a share of the uniform distribution's `max_entropy` (1 for continuous
+    actions, None): what scales agent.lr_target_kl. A nearly deterministic policy reaches a given KL only
+    by moving off its best action, so on a solved task the target shrinks instead of the rate growing
+    until one update collapses the policy (benchmarks/RESULTS.md, "a learning rate held to a KL target")."""
+    return 1.0 if max_entropy is None else min(max(entropy / max_entropy, 0.0), 1.0)
+
+
 def collector_state(collector: Collector) -> dict[str, Any] | None:
     """What continues the collector's episodes exactly: its carry and the batched env's state tensors.
 
@@ -394,7 +402,9 @@ class Trainer:
         update_stats = self._update(experience)
         self._log(update_stats)
         if getattr(agent, "lr_target_kl", None) is not None:  # PPO and IMPALA
-            self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], agent.lr_target_kl)
+            entropy = update_stats[metrics.UPDATE_TAGS["entropy"]]
+            target_kl = agent.lr_target_kl * entropy_share(entropy, self.policy.action_head.max_entropy)
+            self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], target_kl)
         self.update += 1
         self._log({metrics.LEARNING_RATE: learning_rate})
         diagnose = self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates
