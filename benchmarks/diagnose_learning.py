@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, as for train_rl.py")
     args = parser.parse_args()
     cfg = compose(["progress=false", "log_dir=/tmp/diagnose_learning", *args.overrides])
+    if cfg.agent.lr_target_kl is not None:
+        parser.error("agent.lr_target_kl: this loop follows the learning rate's schedule alone")
     trainer = Trainer(cfg)
     agent = cfg.agent
     trainer.collector.restart(cfg.seed)
