@@ -5,9 +5,10 @@
         env.name=pvm0 +env.kwargs.distractor_steps=0 memory=lstm total_steps=300000
 
 Runs the trainer's own objects (envs, policy, collector, optimizer; its run directory goes to
-log_dir) through the same loop as `Trainer` (rollout, annealed learning rate, `ppo_update`) and
+log_dir) through the same loop as `Trainer` (its learning rate, rollout, `ppo_update`) and
 prints, every K updates, averaged over them:
   success   training episodes that ended in the rollouts
+  lr        the update's learning rate (annealed, and held to agent.lr_target_kl where set)
   |g|       total gradient norm before clipping, and `scale` = min(1, max_grad_norm / |g|)
   pi, v     gradient norms of the actor's and the critic's loss on the shared encoder, mix and core
   pi_eff    pi * scale: what the memory gets from the policy loss after clipping
@@ -25,12 +26,13 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
+from hqlt.agents.metrics import UPDATE_TAGS
 from hqlt.agents.ppo import compute_gae, ppo_update, replay
 from hqlt.agents.rollout import Rollout, training_sequences
 from hqlt.agents.trainer import Trainer
 from hqlt.configs import compose
 
-COLUMNS = ("success", "grad_norm", "scale", "policy_grad_norm", "value_grad_norm", "pi_eff", "adv_dec", "adv_other",
+COLUMNS = ("success", "learning_rate", "grad_norm", "scale", "policy_grad_norm", "value_grad_norm", "pi_eff", "adv_dec", "adv_other",
            "norm_adv_dec", "entropy_dec", "entropy_other", "value_loss", "explained_variance", "approx_kl",
            "clip_fraction")
 
@@ -71,20 +73,19 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, as for train_rl.py")
     args = parser.parse_args()
     cfg = compose(["progress=false", "log_dir=/tmp/diagnose_learning", *args.overrides])
-    if cfg.agent.lr_target_kl is not None:
-        parser.error("agent.lr_target_kl: this loop follows the learning rate's schedule alone")
     trainer = Trainer(cfg)
     agent = cfg.agent
     trainer.collector.restart(cfg.seed)
     print(f"{'update':>6} {'step':>8} " + " ".join(f"{name[:12]:>12}" for name in COLUMNS))
     window: dict[str, list[float]] = defaultdict(list)
     for update in range(trainer.num_updates):
-        learning_rate = agent.learning_rate * (1.0 - update / trainer.num_updates if agent.anneal_lr else 1.0)
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = learning_rate
+        trainer.update = update
+        learning_rate = trainer.set_learning_rate()
         rollout, episodes = trainer.collector.collect()
         row = signal_stats(trainer, rollout, args.decision_window)
+        row["learning_rate"] = learning_rate
         row.update(ppo_update(trainer.policy, trainer.optimizer, rollout, agent, trainer.generator))
+        trainer.adapt_learning_rate({UPDATE_TAGS[name]: value for name, value in row.items() if name in UPDATE_TAGS})
         row["scale"] = min(1.0, agent.max_grad_norm / row["grad_norm"])
         row["pi_eff"] = row["policy_grad_norm"] * row["scale"]
         if episodes.successes:

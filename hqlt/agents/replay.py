@@ -213,6 +213,9 @@ class ReplayTrainer(Trainer, ABC):
         """The optimisers besides the trainer's, by name; their learning rate follows the trainer's schedule."""
         return {}
 
+    def adapt_learning_rate(self, update_stats: dict[str, float]) -> None:
+        """Replay learners follow the schedule alone (their configs have no lr_target_kl)."""
+
     # ------------------------------------------------------------------ experience
 
     def _start_experience(self, seed: int, saved: dict[str, Any] | None) -> None:

@@ -390,21 +390,15 @@ class Trainer:
         return summary
 
     def _train_one_update(self) -> None:
-        cfg, agent = self.cfg, self.cfg.agent
-        learning_rate = (self.schedule.at(self.update) if agent.anneal_lr else agent.learning_rate) * self.schedule.scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
-
+        cfg = self.cfg
+        learning_rate = self.set_learning_rate()
         experience, episodes = self._collect()
         self.global_step += self.steps_per_update
         self._log_episodes(merge_episodes(distributed.all_gather_objects(episodes)))
 
         update_stats = self._update(experience)
         self._log(update_stats)
-        if getattr(agent, "lr_target_kl", None) is not None:  # PPO and IMPALA
-            entropy = update_stats[metrics.UPDATE_TAGS["entropy"]]
-            target_kl = agent.lr_target_kl * entropy_share(entropy, self.policy.action_head.max_entropy)
-            self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], target_kl)
+        self.adapt_learning_rate(update_stats)
         self.update += 1
         self._log({metrics.LEARNING_RATE: learning_rate})
         diagnose = self.update % DIAGNOSTIC_INTERVAL == 1 or self.update == self.num_updates
@@ -415,6 +409,24 @@ class Trainer:
         previous_step = self.global_step - self.steps_per_update
         if cfg.eval.interval and self.global_step // cfg.eval.interval > previous_step // cfg.eval.interval:
             self._log_summary(self._evaluate(), metrics.EVAL_RETURN, metrics.EVAL_SUCCESS, metrics.EVAL_LENGTH)
+
+    def set_learning_rate(self) -> float:
+        """Sets the optimiser to this update's rate and returns it: the schedule's (annealed unless
+        agent.anneal_lr is off) times its scale."""
+        agent = self.cfg.agent
+        learning_rate = (self.schedule.at(self.update) if agent.anneal_lr else agent.learning_rate) * self.schedule.scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        return learning_rate
+
+    def adapt_learning_rate(self, update_stats: dict[str, float]) -> None:
+        """After an update (its statistics by TensorBoard tag): moves the schedule's scale toward
+        agent.lr_target_kl times the policy's entropy share; nothing when the key is null."""
+        target_kl = self.cfg.agent.lr_target_kl
+        if target_kl is None:
+            return
+        share = entropy_share(update_stats[metrics.UPDATE_TAGS["entropy"]], self.policy.action_head.max_entropy)
+        self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], target_kl * share)
 
     # ------------------------------------------------------------------ PPO
 

@@ -112,7 +112,7 @@ class PPOConfig:
     target_kl: float | None = None
     # Hold each update's approximate KL (train/approx_kl) near this times the policy's entropy share (its
     # entropy over the uniform one's; 1 for continuous actions) by scaling the learning rate (its schedule's
-    # value) by 1.5 after an update below half of it and by 1/1.5 above twice it, within [0.01, 30] x;
+    # value) up after an update below half of it and down above twice it (Trainer.adapt_learning_rate);
     # null: the schedule alone.
     lr_target_kl: float | None = None
     # Width of the observation encoder's output, which is the memory core's input.
