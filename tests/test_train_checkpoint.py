@@ -1,6 +1,7 @@
 """Checkpoints: exact resume, training independent of checkpointing, the learning rate on resume,
 Ctrl-C and SIGTERM, NaN losses."""
 
+import dataclasses
 import shutil
 import signal
 
@@ -215,6 +216,17 @@ def test_adapted_schedule_stays_within_its_scale_bounds():
     for _ in range(50):
         schedule = schedule.adapted(kl=0.0, target_kl=0.01)
     assert schedule.scale == high
+    assert schedule.adapted(kl=0.01, target_kl=0.01, max_scale=2.0).scale == 2.0  # a lower ceiling clamps at once
+
+
+@pytest.mark.parametrize(("entropy_share", "scale"), [(1.0, 1.5), (0.5, 1.5), (0.02, 1.0)])
+def test_the_rates_ceiling_falls_with_the_policys_entropy_share(tmp_path, entropy_share, scale):
+    """Below the target the scale rises, but on a nearly deterministic policy not above the schedule's rate."""
+    trainer = Trainer(tiny_config(tmp_path, "agent.lr_target_kl=0.01"))
+    entropy = entropy_share * trainer.policy.action_head.max_entropy
+    trainer.schedule = dataclasses.replace(trainer.schedule, scale=1.0 if scale > 1.0 else 10.0)
+    trainer.adapt_learning_rate({metrics.UPDATE_TAGS["entropy"]: entropy, metrics.APPROX_KL: 0.0})
+    assert trainer.schedule.scale == pytest.approx(scale)
 
 
 def test_raising_total_steps_of_a_finished_annealed_run_is_refused(tmp_path):

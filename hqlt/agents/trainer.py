@@ -134,7 +134,8 @@ def restart_seed(seed: int, global_step: int) -> int:
     return seed + global_step
 
 
-# The KL-adaptive learning rate (agent.lr_target_kl): the factor per update and the bounds of its scale.
+# The KL-adaptive learning rate (agent.lr_target_kl): the factor per update and the bounds of its scale. The
+# upper bound is for a uniform policy: it shrinks with the policy's entropy share (Trainer.adapt_learning_rate).
 LR_ADAPT_FACTOR = 1.5
 LR_SCALE_BOUNDS = (0.01, 30.0)
 
@@ -152,16 +153,16 @@ class LearningRateSchedule:
     def at(self, update: int) -> float:
         return self.start_lr * (1.0 - (update - self.start) / (self.end - self.start))
 
-    def adapted(self, kl: float, target_kl: float) -> LearningRateSchedule:
+    def adapted(self, kl: float, target_kl: float, max_scale: float = LR_SCALE_BOUNDS[1]) -> LearningRateSchedule:
         """The schedule after an update whose approximate KL was `kl`: the scale up by LR_ADAPT_FACTOR
-        below half the target, down above twice it, within LR_SCALE_BOUNDS."""
+        below half the target, down above twice it, within [LR_SCALE_BOUNDS[0], max_scale]."""
+        scale = self.scale
         if kl < target_kl / 2:
-            scale = self.scale * LR_ADAPT_FACTOR
+            scale *= LR_ADAPT_FACTOR
         elif kl > target_kl * 2:
-            scale = self.scale / LR_ADAPT_FACTOR
-        else:
-            return self
-        return dataclasses.replace(self, scale=min(max(scale, LR_SCALE_BOUNDS[0]), LR_SCALE_BOUNDS[1]))
+            scale /= LR_ADAPT_FACTOR
+        scale = min(max(scale, LR_SCALE_BOUNDS[0]), max_scale)
+        return self if scale == self.scale else dataclasses.replace(self, scale=scale)
 
 
 def entropy_share(entropy: float, max_entropy: float | None) -> float:
@@ -421,12 +422,17 @@ class Trainer:
 
     def adapt_learning_rate(self, update_stats: dict[str, float]) -> None:
         """After an update (its statistics by TensorBoard tag): moves the schedule's scale toward
-        agent.lr_target_kl times the policy's entropy share; nothing when the key is null."""
+        agent.lr_target_kl times the policy's entropy share, within bounds that shrink with that share;
+        nothing when the key is null."""
         target_kl = self.cfg.agent.lr_target_kl
         if target_kl is None:
             return
         share = entropy_share(update_stats[metrics.UPDATE_TAGS["entropy"]], self.policy.action_head.max_entropy)
-        self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], target_kl * share)
+        # A nearly deterministic policy's KL is small whatever the rate, and Adam's steps on its small gradients
+        # are the rate's size: above the schedule's rate they collapsed solved policies (benchmarks/RESULTS.md,
+        # "the rate's ceiling"). So the ceiling falls with the share, to the schedule's own rate.
+        max_scale = max(1.0, LR_SCALE_BOUNDS[1] * share)
+        self.schedule = self.schedule.adapted(update_stats[metrics.APPROX_KL], target_kl * share, max_scale)
 
     # ------------------------------------------------------------------ PPO
 
