@@ -25,6 +25,5 @@ def printed_learning_rates(extra: list[str], tmp_path: Path) -> list[float]:
 @pytest.mark.parametrize("target, factor", [(None, 1.0), (100.0, 1.5)])
 def test_diagnose_learning_follows_the_trainers_learning_rate(target, factor, tmp_path):
     # A target far above any update's KL raises the rate by 1.5 after every update; none keeps it.
-    extra = [] if target is None else [f"agent.lr_target_kl={target}"]
-    rates = printed_learning_rates(extra, tmp_path)
+    rates = printed_learning_rates([f"agent.lr_target_kl={'null' if target is None else target}"], tmp_path)
     assert rates == pytest.approx([3e-4 * factor**update for update in range(3)])

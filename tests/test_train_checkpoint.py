@@ -77,7 +77,9 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert names == [f"step{2 * STEPS_PER_UPDATE:010d}.pt", f"step{4 * STEPS_PER_UPDATE:010d}.pt"]
     checkpoint = load_checkpoint(run_dir / "checkpoints" / names[-1])
     assert set(checkpoint) >= {"model", "optimizer", "config", "counters", "rng", "lr_schedule", "collector"}
-    assert checkpoint["lr_schedule"] == {"start": 0, "start_lr": 3e-4, "end": 4, "scale": 1.0}
+    schedule = checkpoint["lr_schedule"]
+    assert {key: schedule[key] for key in ("start", "start_lr", "end")} == {"start": 0, "start_lr": 3e-4, "end": 4}
+    assert schedule["scale"] > 0  # where agent.lr_target_kl has moved it
     assert set(checkpoint["collector"]) == {"obs", "resets", "prev_action", "prev_reward", "state", "envs"}
     assert checkpoint["counters"] == {"update": 4, "global_step": 4 * STEPS_PER_UPDATE}
     assert checkpoint["config"]["memory"]["core"] == "lstm"
@@ -170,19 +172,20 @@ def test_gymnasium_envs_resume_with_fresh_episodes(tmp_path):
 
 def test_raising_total_steps_on_resume_continues_the_learning_rate(tmp_path):
     """The schedule anneals from the rate reached at the checkpoint to 0 at the new end (no jump), and
-    a second resume keeps that schedule."""
-    train(tiny_config(tmp_path))
+    a second resume keeps that schedule (the schedule alone: no KL target)."""
+    fixed = "agent.lr_target_kl=null"
+    train(tiny_config(tmp_path, fixed))
     (run_dir,) = run_dirs(tmp_path)
     rates = learning_rates(run_dir)
     assert rates == pytest.approx({update: 3e-4 * (1 - update / 4) for update in range(4)})
 
     extended = resume_copy(checkpoint_path(run_dir, 2), tmp_path / "extended")
-    train(tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={extended}"))
+    train(tiny_config(tmp_path, fixed, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={extended}"))
     expected = {update: 1.5e-4 * (1 - (update - 2) / 6) for update in range(2, 8)}
     assert learning_rates(tmp_path / "extended") == pytest.approx(expected)
 
     again = resume_copy(checkpoint_path(tmp_path / "extended", 6), tmp_path / "again")
-    train(tiny_config(tmp_path, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={again}"))
+    train(tiny_config(tmp_path, fixed, f"total_steps={8 * STEPS_PER_UPDATE}", f"resume={again}"))
     assert learning_rates(tmp_path / "again") == pytest.approx({update: expected[update] for update in (6, 7)})
 
 

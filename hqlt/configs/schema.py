@@ -113,8 +113,9 @@ class PPOConfig:
     # Hold each update's approximate KL (train/approx_kl) near this times the policy's entropy share (its
     # entropy over the uniform one's; 1 for continuous actions) by scaling the learning rate (its schedule's
     # value) up after an update below half of it and down above twice it (Trainer.adapt_learning_rate);
-    # null: the schedule alone.
-    lr_target_kl: float | None = None
+    # null: the schedule alone. Where PPO's updates barely moved the policy it learned POPGym's CountRecall
+    # and Autoencode from chance (benchmarks/RESULTS.md, "the rate's ceiling").
+    lr_target_kl: float | None = 0.01
     # Width of the observation encoder's output, which is the memory core's input.
     encoder_dim: int = 64
     # Width of the hidden layer of the actor and critic heads.
@@ -151,7 +152,8 @@ class ImpalaConfig:
     burn_in: int = 0
     learning_rate: float = 3e-4
     anneal_lr: bool = True
-    # As in PPOConfig; IMPALA's approximate KL is that of the actors' policy to the learner's on the batch.
+    # As in PPOConfig, but off by default: IMPALA's approximate KL is that of the actors' policy, up to
+    # max_policy_lag updates old, to the learner's on the batch, so the rate follows it late and oscillated.
     lr_target_kl: float | None = None
     gamma: float = 0.99
     # V-trace's truncation of the importance ratios (Espeholt et al. 2018): rho_bar for the targets'
