@@ -22,7 +22,7 @@ MOST_USED_KEYS = (
     ("memory.hidden_dim", "width of the memory core"),
     ("agent.num_envs", "envs stepped together"),
     ("agent.rollout_length", "steps per env between updates"),
-    ("agent.learning_rate", "Adam's learning rate (annealed to 0 while agent.anneal_lr)"),
+    ("agent.learning_rate", "Adam's learning rate (annealed to 0 while agent.anneal_lr, scaled by agent.lr_target_kl)"),
     ("agent.ent_coef", "entropy bonus"),
     ("eval.interval", "env steps between evaluations (0: only the final one)"),
     ("checkpoint_interval", "updates between checkpoints (0: only the final one)"),
