@@ -113,8 +113,8 @@ class PPOConfig:
     # Hold each update's approximate KL (train/approx_kl) near this times the policy's entropy share (its
     # entropy over the uniform one's; 1 for continuous actions) by scaling the learning rate (its schedule's
     # value) up after an update below half of it and down above twice it (Trainer.adapt_learning_rate);
-    # null: the schedule alone. Where PPO's updates barely moved the policy it learned POPGym's CountRecall
-    # and Autoencode from chance (benchmarks/RESULTS.md, "the rate's ceiling").
+    # null: the schedule alone. Where PPO's updates barely moved the policy (POPGym's CountRecall, Autoencode,
+    # RepeatPreviousMedium) it learned far more in the same steps (benchmarks/RESULTS.md, "the rate's ceiling").
     lr_target_kl: float | None = 0.01
     # Width of the observation encoder's output, which is the memory core's input.
     encoder_dim: int = 64
