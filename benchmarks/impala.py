@@ -37,10 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = {
     "minigrid": ["env=any", "env.id=MiniGrid-MemoryS13Random-v0", "env.vectorization=gymnasium"],
     "popgym": ["env=any", "env.id=popgym-RepeatPreviousEasy-v0", "env.vectorization=gymnasium"],
-    # The passive T-Maze with a corridor of 100 and the T-Maze-100 preset's penalty; IMPALA's segments
-    # hold one whole 101-step episode, as the preset's PPO rollouts do.
-    "tmaze100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "+env.kwargs.penalty=0.1",
-                 "env.vectorization=gymnasium"],
+    # The passive T-Maze with a corridor of 100 and the task's own penalty; IMPALA's segments and PPO's
+    # rollouts hold one whole 101-step episode.
+    "tmaze100": ["env=tmaze_passive", "env.kwargs.corridor_length=100", "env.vectorization=gymnasium"],
 }
 SEGMENT_LENGTH = {"minigrid": 64, "popgym": 64, "tmaze100": 101}
 CURVE_POINTS = (0.25, 0.5, 0.75, 1.0)
