@@ -3,6 +3,7 @@ crashes end the run naming the actor, the lag bound drops stale segments, the tr
 checkpoints, resume and signals, and config errors (learning: tests/test_impala_learning.py)."""
 
 import copy
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ from crashing_env import ENV_ID as FAILING_ENV_ID
 from hqlt.agents import Policy, TrainingError, metrics, train
 from hqlt.agents.checkpoint import load_checkpoint
 from hqlt.agents.impala import ACTOR_SEED_OFFSET, Actor, SegmentPool, replay_segments
+from hqlt.agents.policy import build_policy
 from hqlt.agents.trainer import TrainingInterrupted
 from hqlt.configs import ConfigError, compose, validate
 from hqlt.configs.schema import ImpalaConfig
@@ -178,9 +180,9 @@ def test_update_epochs_take_that_many_v_trace_steps_on_each_batch(tmp_path, monk
     real_update, kls = impala.vtrace_step, []
 
     def recorded(*args, **kwargs):
-        stats = real_update(*args, **kwargs)
-        kls.append(stats["approx_kl"])
-        return stats
+        stats, log_probs = real_update(*args, **kwargs)
+        kls.append(stats["behaviour_kl"])
+        return stats, log_probs
 
     monkeypatch.setattr(impala, "vtrace_step", recorded)
     cfg = compose([*TINY, "agent.num_actors=1", "agent.max_policy_lag=0", "agent.update_epochs=3",
@@ -190,6 +192,26 @@ def test_update_epochs_take_that_many_v_trace_steps_on_each_batch(tmp_path, monk
     assert kls[0] == kls[3] == 0  # lag 0: each batch's first pass replays the actor's own policy
     assert min(kls[1], kls[2], kls[4], kls[5]) > 0
     assert_no_actor_left()
+
+
+def test_an_updates_kl_is_its_own_move_not_the_batchs_lag():
+    """approx_kl (what agent.lr_target_kl holds) measures how far the update moved the policy from where it
+    started; the behaviour policy's distance (a stale batch) is behaviour_kl."""
+    envs = make_envs("hqlt/TMazePassive-v0", 3, seed=0, vectorization="gymnasium", corridor_length=3)
+    torch.manual_seed(0)
+    cfg = compose([*TINY, "agent.update_epochs=1"])
+    policy = build_policy(cfg, envs.single_observation_space, envs.single_action_space)
+    segments, _, _ = Actor(policy, envs, segment_length=8, burn_in=0, seed=0).segment()
+    stale = dataclasses.replace(segments, log_probs=segments.log_probs - 0.5)  # as if acted by another policy
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+
+    one_pass = impala.impala_update(policy, optimizer, stale, cfg.agent, generator)
+    assert one_pass["approx_kl"] == 0 and one_pass["behaviour_kl"] > 0.05
+
+    cfg.agent.update_epochs = 3
+    three_passes = impala.impala_update(policy, optimizer, stale, cfg.agent, generator)
+    assert three_passes["approx_kl"] > 0
 
 
 @pytest.mark.parametrize("normalize", [False, True])

@@ -187,15 +187,26 @@ def impala_update(
 ) -> dict[str, float]:
     """`cfg.update_epochs` V-trace steps on a batch of segments, each replaying it with the parameters the
     previous one left (as PPO's epochs reuse a rollout); returns the means of their losses and diagnostics."""
-    passes = [vtrace_step(policy, optimizer, segments, cfg, generator) for _ in range(cfg.update_epochs)]
+    passes, start_log_probs = [], None
+    for _ in range(cfg.update_epochs):
+        summary, log_probs = vtrace_step(policy, optimizer, segments, cfg, generator, start_log_probs)
+        passes.append(summary)
+        start_log_probs = log_probs if start_log_probs is None else start_log_probs
     return {name: statistics.fmean(one[name] for one in passes) for name in passes[0]}
 
 
 def vtrace_step(
-    policy: Policy, optimizer: torch.optim.Optimizer, segments: Segments, cfg: ImpalaConfig, generator: torch.Generator
-) -> dict[str, float]:
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    segments: Segments,
+    cfg: ImpalaConfig,
+    generator: torch.Generator,
+    start_log_probs: Tensor | None = None,
+) -> tuple[dict[str, float], Tensor]:
     """One V-trace actor-critic step on a batch of segments; returns its losses and diagnostics (means
-    over ranks). `generator` draws the episodic recall objective's pairs."""
+    over ranks) and the log-probs `[N, T]` of the batch's actions before the step. `generator` draws the
+    episodic recall objective's pairs; `start_log_probs` `[N, T]`: the update's first pass's log-probs
+    (None on the first pass), against which the update's own KL is measured."""
     # 1. Re-run the core from the stored states: the burn-in without gradient, then the segments.
     log_probs, entropy, values, bootstrap_values, recall_loss = replay_segments(
         policy, segments, cfg.burn_in, cfg.recall_pairs, generator if cfg.recall_coef else None
@@ -238,6 +249,11 @@ def vtrace_step(
         policy.value_layer.update(vs)
 
     rhos = log_rhos.exp()
+    # The update's own KL, from the policy at its start to this pass's (0 on the first pass): what PPO's
+    # approx_kl measures and agent.lr_target_kl holds. The behaviour policy's KL also counts the actors'
+    # lag, so a rate held to it reacted to stale segments (benchmarks/RESULTS.md, "the update's step size").
+    # Both on the batch's actions, which the behaviour policy drew.
+    moved = torch.zeros_like(log_rhos) if start_log_probs is None else log_probs.detach() - start_log_probs
     summary = {
         "loss": loss.item(),
         "policy_loss": policy_loss.item(),
@@ -246,11 +262,12 @@ def vtrace_step(
         "recall_loss": recall_loss.item(),
         "grad_norm": grad_norm.item(),
         "rho_clip_fraction": (rhos > cfg.rho_bar).float().mean().item(),
-        "approx_kl": ((rhos - 1) - log_rhos).mean().item(),
+        "approx_kl": ((moved.exp() - 1) - moved).mean().item(),
+        "behaviour_kl": ((rhos - 1) - log_rhos).mean().item(),
         "explained_variance": explained_variance(values.detach().flatten(), vs.flatten()),
     }
     ranks = distributed.all_gather_objects(summary)
-    return {name: statistics.fmean(r[name] for r in ranks) for name in summary}
+    return {name: statistics.fmean(r[name] for r in ranks) for name in summary}, log_probs.detach()
 
 
 # ---------------------------------------------------------------------- what actors and learner share

@@ -19,7 +19,8 @@ FINAL_SUCCESS = "final/success"
 SPS = "perf/sps"
 LEARNING_RATE = "train/learning_rate"
 # The approximate KL of an update (PPO: of the acting policy to the learner's over the update's minibatches;
-# IMPALA: of the actors' to the learner's on the batch): what agent.lr_target_kl holds the learning rate to.
+# IMPALA: of the policy at the update's start to the learner's over its passes): what agent.lr_target_kl
+# holds the learning rate to.
 APPROX_KL = "train/approx_kl"
 
 # ppo_update's summary keys -> tags.
@@ -48,9 +49,10 @@ IMPALA_UPDATE_TAGS = {
     # fraction of the steps whose importance ratio pi/mu was clipped at rho_bar (at rho_bar = 1, about half
     # of them as soon as the policy moved at all)
     "rho_clip_fraction": "train/rho_clip_fraction",
+    "approx_kl": UPDATE_TAGS["approx_kl"],
     # KL(mu || pi) of the behaviour policy mu to the learner's pi on the batch (PPO's estimator): how far
     # off-policy the batch was
-    "approx_kl": UPDATE_TAGS["approx_kl"],
+    "behaviour_kl": "impala/behaviour_kl",
 }
 # IMPALA's collection, once per update: the mean policy lag (in updates) of the segments trained on,
 # the segments dropped so far for a lag above agent.max_policy_lag, the env steps per second that the
