@@ -152,8 +152,9 @@ class ImpalaConfig:
     burn_in: int = 0
     learning_rate: float = 3e-4
     anneal_lr: bool = True
-    # As in PPOConfig, but off by default: IMPALA's approximate KL is that of the actors' policy, up to
-    # max_policy_lag updates old, to the learner's on the batch, so the rate follows it late and oscillated.
+    # As in PPOConfig (the KL of the update's own move), but off by default: with the actors' lag, updates
+    # that moved the policy at that rate took the lstm off T-Maze 100's corridor (benchmarks/RESULTS.md,
+    # "what holds the lstm back on T-Maze 100").
     lr_target_kl: float | None = None
     gamma: float = 0.99
     # V-trace's truncation of the importance ratios (Espeholt et al. 2018): rho_bar for the targets'
