@@ -54,7 +54,8 @@ from torch import Tensor
 from hqlt.agents import distributed, metrics
 from hqlt.agents.policy import Policy, build_policy
 from hqlt.agents.ppo import (
-    ENTROPY_FLOOR_WEIGHT, checked_step, entropy_deficit, entropy_floor, explained_variance, policy_advantages,
+    ENTROPY_FLOOR_WEIGHT, approx_kl, checked_step, entropy_deficit, entropy_floor, explained_variance,
+    policy_advantages,
 )
 from hqlt.agents.rollout import CARRY_FIELDS, Collector, EpisodeStats, Rollout
 from hqlt.agents.trainer import Trainer, TrainingError, env_options, merge_episodes, seed_everything
@@ -191,7 +192,8 @@ def impala_update(
     for _ in range(cfg.update_epochs):
         summary, log_probs = vtrace_step(policy, optimizer, segments, cfg, generator, start_log_probs)
         passes.append(summary)
-        start_log_probs = log_probs if start_log_probs is None else start_log_probs
+        if start_log_probs is None:
+            start_log_probs = log_probs
     return {name: statistics.fmean(one[name] for one in passes) for name in passes[0]}
 
 
@@ -253,7 +255,7 @@ def vtrace_step(
     # approx_kl measures and agent.lr_target_kl holds. The behaviour policy's KL also counts the actors'
     # lag, so a rate held to it reacted to stale segments (benchmarks/RESULTS.md, "the update's step size").
     # Both on the batch's actions, which the behaviour policy drew.
-    moved = torch.zeros_like(log_rhos) if start_log_probs is None else log_probs.detach() - start_log_probs
+    update_kl = 0.0 if start_log_probs is None else approx_kl(log_probs.detach() - start_log_probs).item()
     summary = {
         "loss": loss.item(),
         "policy_loss": policy_loss.item(),
@@ -262,8 +264,8 @@ def vtrace_step(
         "recall_loss": recall_loss.item(),
         "grad_norm": grad_norm.item(),
         "rho_clip_fraction": (rhos > cfg.rho_bar).float().mean().item(),
-        "approx_kl": ((moved.exp() - 1) - moved).mean().item(),
-        "behaviour_kl": ((rhos - 1) - log_rhos).mean().item(),
+        "approx_kl": update_kl,
+        "behaviour_kl": approx_kl(log_rhos).item(),
         "explained_variance": explained_variance(values.detach().flatten(), vs.flatten()),
     }
     ranks = distributed.all_gather_objects(summary)

@@ -101,6 +101,12 @@ def explained_variance(predicted: Tensor, target: Tensor) -> float:
     return float("nan") if variance == 0 else float(1 - (target - predicted).var() / variance)
 
 
+def approx_kl(log_ratio: Tensor) -> Tensor:
+    """KL(old || new) estimated from log(new / old) of actions the old policy drew, any shape: the mean of
+    (ratio - 1) - log ratio, which is never negative and unbiased (Schulman's k3)."""
+    return (log_ratio.exp() - 1 - log_ratio).mean()
+
+
 def trunk_gradient_norms(trunk: list[nn.Parameter], critic_grads: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
     """Norms of the actor's and the critic's gradient on the parameters both heads share (encoder, mix,
     core): the critic's is `critic_grads`, the actor's (with the recall objective) what the whole loss put
@@ -168,7 +174,7 @@ def ppo_update(
             with torch.no_grad():
                 if not stats["replay_error"]:  # before the first step the learner must reproduce the actor
                     stats["replay_error"].append(log_ratio.abs().max())
-                stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
+                stats["approx_kl"].append(approx_kl(log_ratio))
                 stats["clip_fraction"].append(((ratio - 1).abs() > cfg.clip_coef).float().mean())
 
             # 3. Clipped policy loss on the minibatch's advantages.
